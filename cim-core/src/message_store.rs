@@ -1,0 +1,137 @@
+//! [`MessageStore`]: durable messages, delivery cursors, history, search, schedules.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{
+    Appended, ConversationId, Cursor, GroupId, HistoryQuery, NewMessage, Page, Result, ScheduledId,
+    ScheduledMessage, Seq, StoredMessage, Timestamp, UserId,
+};
+
+/// What a [`MessageStore`] backend can honour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageCapabilities {
+    /// [`MessageStore::search`] is available.
+    pub search: bool,
+    /// [`MessageStore::delete_before`] is available.
+    pub retention: bool,
+    /// [`MessageStore::schedule`], [`MessageStore::claim_due`] and
+    /// [`MessageStore::finish_scheduled`] are available.
+    pub scheduling: bool,
+    /// Messages survive a restart of the process (false for the memory backend).
+    pub durable: bool,
+}
+
+impl MessageCapabilities {
+    /// Everything, durably.
+    pub const ALL: MessageCapabilities = MessageCapabilities {
+        search: true,
+        retention: true,
+        scheduling: true,
+        durable: true,
+    };
+}
+
+/// Durable messages: the conversation log, each user's delivery cursors, history, search and
+/// scheduled messages.
+///
+/// # Contract
+///
+/// - **Append.** [`append`](Self::append) stores a message and assigns it a [`MessageId`]
+///   unique in the store and a [`Seq`] that is exactly one more than the conversation's previous
+///   message: strictly increasing and gap-free per conversation, also under concurrent appends.
+///   Once `append` returns, the message is stored (durably, if the capabilities say so).
+/// - **Idempotency.** Appending again with the same sender and `client_msg_id` stores nothing and
+///   returns the first result with `duplicate: true`, whatever the new body says.
+/// - **History.** [`history`](Self::history) pages a conversation by sequence number in either
+///   direction ([`HistoryQuery`]), always in ascending order.
+/// - **Delivery cursors.** Each user has a cursor per conversation: the highest sequence the user
+///   acknowledged (0 at first). [`pending`](Self::pending) returns the messages addressed to the
+///   user and not yet acknowledged: in the user's direct conversations, and in the groups the
+///   caller names (group membership lives in the [`AccountStore`](crate::AccountStore)), never the
+///   user's own messages. Within a conversation they come in sequence order; pages continue with
+///   the returned cursor and hold each pending message once. [`ack`](Self::ack) moves the cursor
+///   forward (never back). The server acknowledges for a new group member up to the group's
+///   [`last_seq`](Self::last_seq), so joining does not deliver the backlog.
+/// - **Search.** [`search`](Self::search) finds the messages the user sent or can read (direct
+///   conversations, and the groups named) whose body contains every word of the query,
+///   case-insensitively; newest first, paged by cursor.
+/// - **Retention.** [`delete_before`](Self::delete_before) deletes messages sent before a time.
+///   Sequence numbers are never reused: later appends continue after the deleted ones.
+/// - **Schedules.** [`schedule`](Self::schedule) keeps a message until it is due.
+///   [`claim_due`](Self::claim_due) hands due messages to one caller at a time: a claimed entry is
+///   not handed out again until the claim expires, so a claimer that dies is replaced by another.
+///   The claimer appends the message (idempotent by `client_msg_id`) and then calls
+///   [`finish_scheduled`](Self::finish_scheduled).
+/// - **Errors.** `InvalidInput` for a bad message (see [`NewMessage::validate`]), an empty query,
+///   a limit of 0, or an ack beyond the conversation's last sequence; `NotFound` for an unknown
+///   schedule entry; `Unavailable` / `Timeout` for an unreachable backend; `Unsupported` outside
+///   the capabilities.
+///
+/// [`MessageId`]: crate::MessageId
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// What this backend can honour.
+    fn capabilities(&self) -> MessageCapabilities;
+
+    /// Stores `message` with a new id and the next sequence of its conversation.
+    async fn append(&self, message: NewMessage) -> Result<Appended>;
+
+    /// A slice of a conversation, in ascending sequence order.
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        query: HistoryQuery,
+    ) -> Result<Vec<StoredMessage>>;
+
+    /// The sequence of the conversation's latest message (0 if it has none).
+    async fn last_seq(&self, conversation: ConversationId) -> Result<Seq>;
+
+    /// Messages for `user` above their cursors, in direct conversations and in `groups`.
+    async fn pending(
+        &self,
+        user: UserId,
+        groups: &[GroupId],
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<StoredMessage>>;
+
+    /// Moves `user`'s cursor in `conversation` forward to `up_to`.
+    async fn ack(&self, user: UserId, conversation: ConversationId, up_to: Seq) -> Result<()>;
+
+    /// `user`'s cursor in `conversation` (0 if never acknowledged).
+    async fn delivered_up_to(&self, user: UserId, conversation: ConversationId) -> Result<Seq>;
+
+    /// Messages visible to `user` whose body contains every word of `query`, newest first.
+    async fn search(
+        &self,
+        user: UserId,
+        groups: &[GroupId],
+        query: &str,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<StoredMessage>>;
+
+    /// Deletes every message sent before `cutoff`; returns how many.
+    async fn delete_before(&self, cutoff: Timestamp) -> Result<u64>;
+
+    /// Keeps `message` until `deliver_at`.
+    async fn schedule(
+        &self,
+        message: NewMessage,
+        deliver_at: Timestamp,
+    ) -> Result<ScheduledMessage>;
+
+    /// Up to `limit` entries due at `now` and not claimed, claimed for `claim_for`.
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<ScheduledMessage>>;
+
+    /// Removes a delivered schedule entry.
+    async fn finish_scheduled(&self, id: ScheduledId) -> Result<()>;
+}

@@ -1,0 +1,22 @@
+//! cim's domain types: the nouns every backend trait speaks in.
+//!
+//! They are plain data with `serde` support, so a backend may store them as JSON, and so the HTTP
+//! API can return them as they are.
+
+mod account;
+mod conversation;
+mod ids;
+mod message;
+mod name;
+mod page;
+mod server;
+mod session;
+
+pub use account::{Group, NewGroup, NewUser, PasswordHash, User};
+pub use conversation::{ConversationId, Recipient};
+pub use ids::{ConnectionId, GroupId, MessageId, ScheduledId, Seq, ServerId, Timestamp, UserId};
+pub use message::{Appended, HistoryQuery, NewMessage, ScheduledMessage, StoredMessage};
+pub use name::{NameRules, canonical_name};
+pub use page::{Cursor, Page};
+pub use server::ServerInfo;
+pub use session::{BindOutcome, BindPolicy, Session, SessionRef};
