@@ -18,6 +18,13 @@ pub struct AccountCapabilities {
 }
 
 impl AccountCapabilities {
+    /// Nothing optional: start from this and switch on what the backend honours, so that a
+    /// capability added to cim later is never claimed by accident.
+    pub const NONE: AccountCapabilities = AccountCapabilities {
+        prefix_search: false,
+        groups: false,
+    };
+
     /// Everything.
     pub const ALL: AccountCapabilities = AccountCapabilities {
         prefix_search: true,

@@ -76,7 +76,11 @@ pub struct BackendSection {
     pub namespace: Option<String>,
     /// `[meta]`: how long a registration outlives its last renewal. `[sessions]`: how long a
     /// server's sessions outlive its last refresh. Written like `10s`, `500ms`, `1m`.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<Duration>,
     /// The backend's own keys (`url`, `pool_size`...), checked by the backend.
     #[serde(flatten)]
@@ -144,7 +148,11 @@ impl CoreConfig {
             "accounts" => (&self.accounts, DEFAULT_BACKENDS[2].1),
             "messages" => (&self.messages, DEFAULT_BACKENDS[3].1),
             "balancer" => {
-                let name = self.balancer.strategy.as_deref().unwrap_or(DEFAULT_STRATEGY);
+                let name = self
+                    .balancer
+                    .strategy
+                    .as_deref()
+                    .unwrap_or(DEFAULT_STRATEGY);
                 return Ok(BackendOptions::new("balancer", name)
                     .with_namespace(&self.namespace)
                     .with_data_dir(&self.data_dir)
@@ -156,13 +164,19 @@ impl CoreConfig {
                 )));
             }
         };
-        Ok(
-            BackendOptions::new(section, backend_section.backend.as_deref().unwrap_or(default))
-                .with_namespace(backend_section.namespace.as_deref().unwrap_or(&self.namespace))
-                .with_ttl(backend_section.ttl)
-                .with_data_dir(&self.data_dir)
-                .with_options(backend_section.options.clone()),
+        Ok(BackendOptions::new(
+            section,
+            backend_section.backend.as_deref().unwrap_or(default),
         )
+        .with_namespace(
+            backend_section
+                .namespace
+                .as_deref()
+                .unwrap_or(&self.namespace),
+        )
+        .with_ttl(backend_section.ttl)
+        .with_data_dir(&self.data_dir)
+        .with_options(backend_section.options.clone()))
     }
 }
 
@@ -178,11 +192,26 @@ mod tests {
     #[test]
     fn empty_config_picks_embedded_backends() {
         let config = CoreConfig::from_toml("").expect("empty config is valid");
-        assert_eq!(config.backend_options("meta").expect("meta").backend(), "memory");
-        assert_eq!(config.backend_options("sessions").expect("s").backend(), "memory");
-        assert_eq!(config.backend_options("accounts").expect("a").backend(), "sqlite");
-        assert_eq!(config.backend_options("messages").expect("m").backend(), "sqlite");
-        assert_eq!(config.backend_options("balancer").expect("b").backend(), "consistent_hash");
+        assert_eq!(
+            config.backend_options("meta").expect("meta").backend(),
+            "memory"
+        );
+        assert_eq!(
+            config.backend_options("sessions").expect("s").backend(),
+            "memory"
+        );
+        assert_eq!(
+            config.backend_options("accounts").expect("a").backend(),
+            "sqlite"
+        );
+        assert_eq!(
+            config.backend_options("messages").expect("m").backend(),
+            "sqlite"
+        );
+        assert_eq!(
+            config.backend_options("balancer").expect("b").backend(),
+            "consistent_hash"
+        );
     }
 
     #[test]
@@ -205,7 +234,41 @@ mod tests {
         assert_eq!(meta.namespace(), "prod");
         assert!(meta.options().contains_key("url"));
         assert!(!meta.options().contains_key("backend"));
-        assert_eq!(config.backend_options("messages").expect("m").namespace(), "archive");
+        assert_eq!(
+            config.backend_options("messages").expect("m").namespace(),
+            "archive"
+        );
+    }
+
+    #[test]
+    // figment's Jail dictates the closure's error type.
+    #[allow(clippy::result_large_err)]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "cim.toml",
+                "[meta]\nttl = \"10s\"\n[messages]\nbackend = \"sqlite\"",
+            )?;
+            jail.set_env("CIM_META__TTL", "5s");
+            jail.set_env("CIM_MESSAGES__BACKEND", "memory");
+            let config = CoreConfig::load(Some(Path::new("cim.toml")))
+                .map_err(|e| figment::Error::from(e.to_string()))?;
+            let meta = config.backend_options("meta").map_err(|e| e.to_string())?;
+            assert_eq!(meta.ttl(), Some(Duration::from_secs(5)));
+            let messages = config
+                .backend_options("messages")
+                .map_err(|e| e.to_string())?;
+            assert_eq!(messages.backend(), "memory");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = CoreConfig::load(Some(Path::new("/nonexistent/cim.toml")))
+            .expect_err("a named file must exist");
+        assert_eq!(err.kind(), crate::ErrorKind::Config);
+        assert!(err.message().contains("cim.toml"), "{err}");
     }
 
     #[test]
@@ -215,7 +278,9 @@ mod tests {
         assert!(err.message().contains("ttl"), "{err}");
         let err = CoreConfig::from_toml("[names]\nmax_len = -1").expect_err("bad number");
         assert!(err.message().contains("max_len"), "{err}");
-        let err = CoreConfig::default().backend_options("nope").expect_err("no such section");
+        let err = CoreConfig::default()
+            .backend_options("nope")
+            .expect_err("no such section");
         assert_eq!(err.kind(), crate::ErrorKind::Config);
     }
 }

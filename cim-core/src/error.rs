@@ -17,8 +17,8 @@ pub enum ErrorKind {
     /// The thing to create exists already (a user name, a group name, a bound session under
     /// [`BindPolicy::Reject`](crate::BindPolicy::Reject)).
     AlreadyExists,
-    /// A precondition did not hold: the state changed under the caller (compare-and-delete on a
-    /// newer session, an idempotency key reused with different content). Re-read and decide again.
+    /// A precondition did not hold: the state changed under the caller since it last read it.
+    /// Re-read and decide again.
     Conflict,
     /// The input is malformed or outside a configured limit. Retrying the same input fails again.
     InvalidInput,

@@ -25,6 +25,15 @@ pub struct MessageCapabilities {
 }
 
 impl MessageCapabilities {
+    /// Nothing optional: start from this and switch on what the backend honours, so that a
+    /// capability added to cim later is never claimed by accident.
+    pub const NONE: MessageCapabilities = MessageCapabilities {
+        search: false,
+        retention: false,
+        scheduling: false,
+        durable: false,
+    };
+
     /// Everything, durably.
     pub const ALL: MessageCapabilities = MessageCapabilities {
         search: true,
@@ -42,7 +51,10 @@ impl MessageCapabilities {
 /// - **Append.** [`append`](Self::append) stores a message and assigns it a [`MessageId`]
 ///   unique in the store and a [`Seq`] that is exactly one more than the conversation's previous
 ///   message: strictly increasing and gap-free per conversation, also under concurrent appends.
-///   Once `append` returns, the message is stored (durably, if the capabilities say so).
+///   Once `append` returns, the message is stored (durably, if the capabilities say so). A
+///   message becomes visible (to `history`, `pending`, `search`) only together with or after
+///   every earlier message of its conversation, so a reader that acknowledges up to what it saw
+///   never skips one still being written.
 /// - **Idempotency.** Appending again with the same sender and `client_msg_id` stores nothing and
 ///   returns the first result with `duplicate: true`, whatever the new body says.
 /// - **History.** [`history`](Self::history) pages a conversation by sequence number in either
@@ -55,9 +67,11 @@ impl MessageCapabilities {
 ///   the returned cursor and hold each pending message once. [`ack`](Self::ack) moves the cursor
 ///   forward (never back). The server acknowledges for a new group member up to the group's
 ///   [`last_seq`](Self::last_seq), so joining does not deliver the backlog.
-/// - **Search.** [`search`](Self::search) finds the messages the user sent or can read (direct
-///   conversations, and the groups named) whose body contains every word of the query,
-///   case-insensitively; newest first, paged by cursor.
+/// - **Search.** [`search`](Self::search) finds the messages visible to the user whose body
+///   contains every word of the query, case-insensitively; newest first, paged by cursor.
+///   Visible means: sent by the user (to anyone, any group), or readable by them (their direct
+///   conversations, and the groups the caller names). A query of only white space is
+///   `InvalidInput`.
 /// - **Retention.** [`delete_before`](Self::delete_before) deletes messages sent before a time.
 ///   Sequence numbers are never reused: later appends continue after the deleted ones.
 /// - **Schedules.** [`schedule`](Self::schedule) keeps a message until it is due.
@@ -86,7 +100,8 @@ pub trait MessageStore: Send + Sync + 'static {
         query: HistoryQuery,
     ) -> Result<Vec<StoredMessage>>;
 
-    /// The sequence of the conversation's latest message (0 if it has none).
+    /// The highest sequence ever assigned in the conversation (0 if it has none), including
+    /// messages deleted since by retention.
     async fn last_seq(&self, conversation: ConversationId) -> Result<Seq>;
 
     /// Messages for `user` above their cursors, in direct conversations and in `groups`.

@@ -18,6 +18,13 @@ pub struct MetaCapabilities {
 }
 
 impl MetaCapabilities {
+    /// Nothing optional: start from this and switch on what the backend honours, so that a
+    /// capability added to cim later is never claimed by accident.
+    pub const NONE: MetaCapabilities = MetaCapabilities {
+        watch: false,
+        min_ttl: Duration::ZERO,
+    };
+
     /// Everything: watch supported, no lower bound on the TTL.
     pub const ALL: MetaCapabilities = MetaCapabilities {
         watch: true,

@@ -74,11 +74,23 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         let url = SecretString::new("postgres://app:hunter2@db:5432/cim?sslmode=off");
-        assert_eq!(url.to_string(), "postgres://app:***@db:5432/cim?sslmode=off");
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:***@db:5432/cim?sslmode=off"
+        );
         assert!(!format!("{url:?}").contains("hunter2"));
-        assert_eq!(url.expose(), "postgres://app:hunter2@db:5432/cim?sslmode=off");
-        assert_eq!(SecretString::new("redis://h:1/0").to_string(), "redis://h:1/0");
+        assert_eq!(
+            url.expose(),
+            "postgres://app:hunter2@db:5432/cim?sslmode=off"
+        );
+        assert_eq!(
+            SecretString::new("redis://h:1/0").to_string(),
+            "redis://h:1/0"
+        );
         assert_eq!(SecretString::new("hunter2").to_string(), "***");
-        assert_eq!(SecretString::new("redis://:pw@h").to_string(), "redis://:***@h");
+        assert_eq!(
+            SecretString::new("redis://:pw@h").to_string(),
+            "redis://:***@h"
+        );
     }
 }

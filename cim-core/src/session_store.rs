@@ -15,6 +15,13 @@ pub struct SessionCapabilities {
 }
 
 impl SessionCapabilities {
+    /// Nothing optional: start from this and switch on what the backend honours, so that a
+    /// capability added to cim later is never claimed by accident.
+    pub const NONE: SessionCapabilities = SessionCapabilities {
+        list_online: false,
+        count_online: false,
+    };
+
     /// Everything.
     pub const ALL: SessionCapabilities = SessionCapabilities {
         list_online: true,

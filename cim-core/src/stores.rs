@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use crate::registry::build;
-use crate::{AccountStore, CoreConfig, LoadBalancer, MessageStore, MetaStore, Result, SessionStore};
+use crate::{
+    AccountStore, CoreConfig, LoadBalancer, MessageStore, MetaStore, Result, SessionStore,
+};
 
 /// The five backends of a cim node, as trait objects.
 #[derive(Clone)]

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use serde::{Deserialize, Serialize};
 
 use super::{GroupId, NameRules, Timestamp, UserId, canonical_name};
@@ -74,7 +74,9 @@ impl NewUser {
 
 impl fmt::Debug for NewUser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewUser").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("NewUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 

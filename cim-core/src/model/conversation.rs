@@ -79,9 +79,10 @@ impl FromStr for ConversationId {
         };
         let mut parts = s.split(':');
         let parsed = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some("d"), Some(a), Some(b), None) => {
-                ConversationId::direct(a.parse().map_err(|_| invalid())?, b.parse().map_err(|_| invalid())?)
-            }
+            (Some("d"), Some(a), Some(b), None) => ConversationId::direct(
+                a.parse().map_err(|_| invalid())?,
+                b.parse().map_err(|_| invalid())?,
+            ),
             (Some("g"), Some(g), None, None) => {
                 ConversationId::Group(g.parse().map_err(|_| invalid())?)
             }
@@ -92,13 +93,18 @@ impl FromStr for ConversationId {
 }
 
 impl Serialize for ConversationId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
 }
 
 impl<'de> Deserialize<'de> for ConversationId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
     }
@@ -120,8 +126,16 @@ mod tests {
 
     #[test]
     fn text_form_round_trips_and_rejects_garbage() {
-        for conv in [ConversationId::direct(UserId(1), UserId(2)), ConversationId::Group(GroupId(9))] {
-            assert_eq!(conv.to_string().parse::<ConversationId>().expect("round trip"), conv);
+        for conv in [
+            ConversationId::direct(UserId(1), UserId(2)),
+            ConversationId::Group(GroupId(9)),
+        ] {
+            assert_eq!(
+                conv.to_string()
+                    .parse::<ConversationId>()
+                    .expect("round trip"),
+                conv
+            );
         }
         for bad in ["", "d:1", "g:", "x:1", "d:1:2:3", "g:-1"] {
             assert!(bad.parse::<ConversationId>().is_err(), "{bad:?} accepted");

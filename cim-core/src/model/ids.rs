@@ -69,6 +69,22 @@ numeric_id!(
     "sequence number"
 );
 
+impl Seq {
+    /// "Before the first message": the cursor of a user who acknowledged nothing yet.
+    pub const ZERO: Seq = Seq(0);
+
+    /// The sequence after this one.
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+impl Default for Seq {
+    fn default() -> Self {
+        Seq::ZERO
+    }
+}
+
 /// A cim server's id: chosen by the server (from config, or generated at first start), stable
 /// across its restarts. At most 128 bytes of `[A-Za-z0-9._-]`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

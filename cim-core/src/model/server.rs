@@ -40,7 +40,12 @@ fn default_weight() -> u32 {
 
 impl ServerInfo {
     /// A registration with default weight, zero load and no metadata.
-    pub fn new(id: ServerId, host: impl Into<String>, client_port: u16, internal_port: u16) -> Self {
+    pub fn new(
+        id: ServerId,
+        host: impl Into<String>,
+        client_port: u16,
+        internal_port: u16,
+    ) -> Self {
         ServerInfo {
             id,
             host: host.into(),
