@@ -47,6 +47,7 @@ pub mod registry;
 mod secret;
 pub mod session_store;
 mod stores;
+pub mod token;
 
 pub use account_store::{AccountCapabilities, AccountStore};
 pub use config::{BackendSection, BalancerSection, CoreConfig};
