@@ -1,14 +1,35 @@
-//! [`FrameCodec`]: varint-length-prefixed protobuf frames with a size limit.
+//! [`FrameCodec`]: varint-length-prefixed protobuf frames with a size limit, for client
+//! [`Frame`]s and internal [`PeerFrame`](crate::v1::PeerFrame)s alike.
 //!
 //! The limit is checked on the length prefix, before any byte of the body is buffered, so a
 //! peer announcing a huge frame costs nothing but the prefix: the read fails at once with
 //! [`FrameError::TooLarge`] and the connection can be closed.
+
+use std::marker::PhantomData;
 
 use bytes::{Buf, BytesMut};
 use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::Frame;
+
+/// A frame type: a protobuf message whose body is a `oneof` that must be set.
+pub trait FrameMessage: Message + Default {
+    /// Whether the frame carries a body (a frame without one is an error).
+    fn has_body(&self) -> bool;
+}
+
+impl FrameMessage for Frame {
+    fn has_body(&self) -> bool {
+        self.body.is_some()
+    }
+}
+
+impl FrameMessage for crate::v1::PeerFrame {
+    fn has_body(&self) -> bool {
+        self.body.is_some()
+    }
+}
 
 /// The default maximum frame length: 64 KiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 64 * 1024;
@@ -42,17 +63,29 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads and writes [`Frame`]s as varint-length-delimited protobuf, refusing frames longer
-/// than `max_frame_len` in either direction.
-#[derive(Debug, Clone, Copy)]
-pub struct FrameCodec {
+/// Reads and writes frames of type `M` ([`Frame`] by default) as varint-length-delimited
+/// protobuf, refusing frames longer than `max_frame_len` in either direction.
+#[derive(Debug)]
+pub struct FrameCodec<M = Frame> {
     max_frame_len: usize,
+    frames: PhantomData<fn() -> M>,
 }
 
-impl FrameCodec {
+impl<M> Clone for FrameCodec<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for FrameCodec<M> {}
+
+impl<M> FrameCodec<M> {
     /// A codec with the given limit, in bytes (the prefix excluded).
     pub fn new(max_frame_len: usize) -> Self {
-        FrameCodec { max_frame_len }
+        FrameCodec {
+            max_frame_len,
+            frames: PhantomData,
+        }
     }
 
     /// The limit in force.
@@ -61,7 +94,7 @@ impl FrameCodec {
     }
 }
 
-impl Default for FrameCodec {
+impl<M> Default for FrameCodec<M> {
     fn default() -> Self {
         FrameCodec::new(DEFAULT_MAX_FRAME_LEN)
     }
@@ -88,11 +121,11 @@ fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
     }
 }
 
-impl Decoder for FrameCodec {
-    type Item = Frame;
+impl<M: FrameMessage> Decoder for FrameCodec<M> {
+    type Item = M;
     type Error = FrameError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<M>, FrameError> {
         let Some((len, prefix_len)) = peek_varint(src)? else {
             return Ok(None);
         };
@@ -110,26 +143,26 @@ impl Decoder for FrameCodec {
         }
         src.advance(prefix_len);
         let body = src.split_to(len).freeze();
-        let frame = Frame::decode(body)?;
-        if frame.body.is_none() {
+        let frame = M::decode(body)?;
+        if !frame.has_body() {
             return Err(FrameError::Empty);
         }
         Ok(Some(frame))
     }
 }
 
-impl Encoder<Frame> for FrameCodec {
+impl<M: FrameMessage> Encoder<M> for FrameCodec<M> {
     type Error = FrameError;
 
-    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+    fn encode(&mut self, frame: M, dst: &mut BytesMut) -> Result<(), FrameError> {
         self.encode(&frame, dst)
     }
 }
 
-impl Encoder<&Frame> for FrameCodec {
+impl<M: FrameMessage> Encoder<&M> for FrameCodec<M> {
     type Error = FrameError;
 
-    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+    fn encode(&mut self, frame: &M, dst: &mut BytesMut) -> Result<(), FrameError> {
         let len = frame.encoded_len();
         if len > self.max_frame_len {
             return Err(FrameError::TooLarge {
@@ -161,7 +194,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip_in_delimited_form() {
-        let mut codec = FrameCodec::default();
+        let mut codec: FrameCodec = FrameCodec::default();
         let mut buf = BytesMut::new();
         codec.encode(ping(7), &mut buf).expect("encode");
         // Same bytes as protobuf's own length-delimited encoding.
@@ -174,7 +207,7 @@ mod tests {
 
     #[test]
     fn partial_frames_wait_for_more_bytes() {
-        let mut codec = FrameCodec::default();
+        let mut codec: FrameCodec = FrameCodec::default();
         let bytes = ping(300).encode_length_delimited_to_vec();
         let mut buf = BytesMut::new();
         for (i, byte) in bytes.iter().enumerate() {
@@ -186,7 +219,7 @@ mod tests {
 
     #[test]
     fn an_oversized_announcement_fails_before_the_body_arrives() {
-        let mut codec = FrameCodec::new(16);
+        let mut codec: FrameCodec = FrameCodec::new(16);
         let mut buf = BytesMut::new();
         prost::encoding::encode_varint(17, &mut buf);
         assert!(matches!(
@@ -203,7 +236,7 @@ mod tests {
 
     #[test]
     fn oversized_frames_are_not_written_either() {
-        let mut codec = FrameCodec::new(16);
+        let mut codec: FrameCodec = FrameCodec::new(16);
         let frame: Frame = Body::Send(Send {
             client_msg_id: "1".into(),
             to: None,
@@ -219,7 +252,7 @@ mod tests {
 
     #[test]
     fn garbage_and_empty_frames_are_errors() {
-        let mut codec = FrameCodec::default();
+        let mut codec: FrameCodec = FrameCodec::default();
         let mut bad_prefix = BytesMut::from(&[0xff_u8; 11][..]);
         assert!(matches!(
             codec.decode(&mut bad_prefix),

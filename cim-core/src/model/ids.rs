@@ -69,6 +69,12 @@ numeric_id!(
     "sequence number"
 );
 
+impl GroupId {
+    /// The built-in "all" group: a message to it goes to every user online at the time (the
+    /// original cim's group chat). Stores never assign it: their group ids start at 1.
+    pub const ALL: GroupId = GroupId(0);
+}
+
 impl Seq {
     /// "Before the first message": the cursor of a user who acknowledged nothing yet.
     pub const ZERO: Seq = Seq(0);
