@@ -14,6 +14,13 @@ pub struct BalancerCapabilities {
     pub sticky: bool,
 }
 
+impl BalancerCapabilities {
+    /// Nothing beyond the basic contract.
+    pub const NONE: BalancerCapabilities = BalancerCapabilities { sticky: false };
+    /// Every promise (sticky).
+    pub const ALL: BalancerCapabilities = BalancerCapabilities { sticky: true };
+}
+
 /// Chooses a server for a user among the live ones.
 ///
 /// Picking is a pure in-memory decision, on the route's hot path, so it is synchronous: it must

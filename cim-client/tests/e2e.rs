@@ -1,0 +1,372 @@
+//! The SDK against the real thing: a cim-route and cim-servers in this process, over memory
+//! stores, on loopback ports. The scenarios of the original cim's integration tests, seen from
+//! the client.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cim_client::{
+    Client, ClientBuilder, ConnectionState, Conversation, DisconnectReason, Event, Events,
+    KickReason, ReconnectPolicy,
+};
+use cim_core::balancer::ConsistentHash;
+use cim_core::embedded::memory::{
+    MemoryAccountStore, MemoryMessageStore, MemoryMetaStore, MemorySessionStore,
+};
+use cim_core::token::TokenKey;
+use cim_core::{NameRules, ServerId, Stores};
+use cim_route::{Route, RouteConfig};
+use cim_server::{RateLimitConfig, RunningServer, Server, ServerConfig};
+use support::{next_event, next_message, wait_for_state, within};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A route and servers sharing memory stores.
+struct System {
+    route_url: String,
+    servers: Vec<RunningServer>,
+    _stop_route: oneshot::Sender<()>,
+}
+
+impl System {
+    /// A route and one server per id, the route seeing every server.
+    async fn start(server_ids: &[&str]) -> System {
+        let stores = Stores {
+            meta: Arc::new(MemoryMetaStore::new(Duration::from_secs(1))),
+            sessions: Arc::new(MemorySessionStore::new(Duration::from_secs(1))),
+            accounts: Arc::new(MemoryAccountStore::new()),
+            messages: Arc::new(MemoryMessageStore::new()),
+            balancer: Arc::new(ConsistentHash::new(16).expect("valid ring")),
+        };
+        let key = TokenKey::new(&[42; 32]).expect("key");
+        let mut servers = Vec::new();
+        for id in server_ids {
+            servers.push(start_server(&stores, &key, id).await);
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let route_url = format!("http://{}", listener.local_addr().expect("addr"));
+        let route = Route::new(
+            RouteConfig::default(),
+            stores.clone(),
+            key.clone(),
+            NameRules::default(),
+        );
+        let mut seen = route.servers();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(route.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let expected = server_ids.len();
+        within(
+            "the route to see every server",
+            seen.wait_for(|servers| servers.len() == expected),
+        )
+        .await
+        .expect("route alive");
+        System {
+            route_url,
+            servers,
+            _stop_route: stop,
+        }
+    }
+
+    /// A builder for `name`, creating the account on first use.
+    fn user(&self, name: &str) -> ClientBuilder {
+        ClientBuilder::new(&self.route_url)
+            .credentials(name, format!("password-of-{name}"))
+            .reconnect(
+                ReconnectPolicy::default()
+                    .initial_backoff(Duration::from_millis(50))
+                    .max_backoff(Duration::from_millis(200)),
+            )
+    }
+
+    /// Registers and connects `name`; the client and its events.
+    async fn join(&self, name: &str) -> (Client, Events) {
+        let client = within("connecting", self.user(name).register(true).connect())
+            .await
+            .expect("connects");
+        let events = client.events().expect("stream");
+        (client, events)
+    }
+
+    /// Takes the server `id` out of the system.
+    fn take_server(&mut self, id: &str) -> RunningServer {
+        let at = self
+            .servers
+            .iter()
+            .position(|server| server.id().as_str() == id)
+            .expect("known server");
+        self.servers.remove(at)
+    }
+}
+
+async fn start_server(stores: &Stores, key: &TokenKey, id: &str) -> RunningServer {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        internal_listen: "127.0.0.1:0".into(),
+        rate_limit: RateLimitConfig {
+            messages_per_second: 10_000,
+            burst: 10_000,
+        },
+        session_refresh: Duration::from_millis(500),
+        load_report: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    Server::start(
+        config,
+        ServerId::new(id).expect("id"),
+        stores.clone(),
+        key.clone(),
+    )
+    .await
+    .expect("server starts")
+}
+
+/// The next message's body.
+async fn next_body(events: &mut Events) -> String {
+    next_message(events).await.body
+}
+
+#[tokio::test]
+async fn only_the_addressee_of_a_private_message_receives_it() {
+    let system = System::start(&["s1"]).await;
+    let (alice, _alice_events) = system.join("alice").await;
+    let (bob, mut bob_events) = system.join("bob").await;
+    let (carol, mut carol_events) = system.join("carol").await;
+
+    let receipt = alice
+        .send_to_user(bob.info().user_id, "hi bob")
+        .await
+        .expect("stored");
+    alice
+        .send_to_user(carol.info().user_id, "hi carol")
+        .await
+        .expect("stored");
+
+    let message = next_message(&mut bob_events).await;
+    assert_eq!(message.body, "hi bob");
+    assert_eq!(message.sender_name, "alice");
+    assert_eq!(message.sender_id, alice.info().user_id);
+    assert_eq!(
+        message.conversation,
+        Conversation::direct(alice.info().user_id, bob.info().user_id)
+    );
+    assert_eq!(Some(message.message_id), receipt.message_id());
+    assert!(!message.offline);
+    assert_eq!(
+        next_body(&mut carol_events).await,
+        "hi carol",
+        "carol's first message is hers, not bob's"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_messages_keeps_its_order() {
+    let system = System::start(&["s1"]).await;
+    let (alice, _alice_events) = system.join("alice").await;
+    let (bob, mut bob_events) = system.join("bob").await;
+    let bob_id = bob.info().user_id;
+
+    let sends = (0..50).map(|n| alice.send_to_user(bob_id, format!("m{n}")));
+    for receipt in futures::future::join_all(sends).await {
+        receipt.expect("stored");
+    }
+    for n in 0..50 {
+        let message = next_message(&mut bob_events).await;
+        assert_eq!((message.body, message.seq), (format!("m{n}"), n + 1));
+    }
+}
+
+#[tokio::test]
+async fn a_private_message_sent_while_offline_arrives_after_login() {
+    let system = System::start(&["s1"]).await;
+    let (alice, _alice_events) = system.join("alice").await;
+    let (bob, _bob_events) = system.join("bob").await;
+    let bob_id = bob.info().user_id;
+    bob.close().await;
+
+    alice
+        .send_to_user(bob_id, "while you were out")
+        .await
+        .expect("stored for later");
+
+    let bob = within("bob again", system.user("bob").connect())
+        .await
+        .expect("connects");
+    let mut bob_events = bob.events().expect("stream");
+    let message = next_message(&mut bob_events).await;
+    assert_eq!(message.body, "while you were out");
+    assert!(message.offline, "it waited for bob");
+}
+
+#[tokio::test]
+async fn group_messages_reach_members_and_history_keeps_them() {
+    let system = System::start(&["s1"]).await;
+    let (alice, _alice_events) = system.join("alice").await;
+    let (bob, mut bob_events) = system.join("bob").await;
+
+    let group = alice.create_group("team").await.expect("created");
+    alice
+        .add_member(group.group_id, bob.info().user_id)
+        .await
+        .expect("added");
+    alice
+        .send_to_group(group.group_id, "hello team")
+        .await
+        .expect("stored");
+
+    let message = next_message(&mut bob_events).await;
+    assert_eq!(message.conversation, Conversation::Group(group.group_id));
+    assert_eq!(message.body, "hello team");
+    let history = bob
+        .history(Conversation::Group(group.group_id), None, None, None)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].body, "hello team");
+    let groups = bob.my_groups().await.expect("groups");
+    assert_eq!(groups.first().map(|g| g.name.as_str()), Some("team"));
+}
+
+#[tokio::test]
+async fn a_client_whose_server_stops_reconnects_to_another_and_chats_again() {
+    let mut system = System::start(&["s1", "s2"]).await;
+    let (alice, mut alice_events) = system.join("alice").await;
+    let (bob, mut bob_events) = system.join("bob").await;
+    let first_server = alice.info().server_id;
+
+    system
+        .take_server(&first_server)
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+
+    let seen = wait_for_state(&mut alice_events, |state| {
+        matches!(state, ConnectionState::Connected { server_id } if *server_id != first_server)
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::State(ConnectionState::Reconnecting { .. }))),
+        "{seen:?}"
+    );
+    assert_ne!(alice.info().server_id, first_server);
+
+    // Bob may have been on the stopped server too; either way the chat works again.
+    within("bob on a live server", async {
+        while bob.info().server_id == first_server
+            || !matches!(bob.state(), ConnectionState::Connected { .. })
+        {
+            next_event(&mut bob_events).await;
+        }
+    })
+    .await;
+    bob.send_to_user(alice.info().user_id, "still there?")
+        .await
+        .expect("stored");
+    assert_eq!(next_body(&mut alice_events).await, "still there?");
+}
+
+#[tokio::test]
+async fn a_second_login_kicks_the_first() {
+    let system = System::start(&["s1"]).await;
+    let (first, mut first_events) = system.join("alice").await;
+    let _second = within("second login", system.user("alice").connect())
+        .await
+        .expect("connects");
+
+    let seen = wait_for_state(&mut first_events, |state| {
+        matches!(state, ConnectionState::Disconnected { .. })
+    })
+    .await;
+    assert!(
+        seen.contains(&Event::State(ConnectionState::Disconnected {
+            reason: DisconnectReason::Kicked(KickReason::Replaced)
+        })),
+        "{seen:?}"
+    );
+    assert!(first.send_to_all("hello?").await.is_err());
+}
+
+#[tokio::test]
+async fn logout_then_login_again_works() {
+    let system = System::start(&["s1"]).await;
+    let (alice, mut alice_events) = system.join("alice").await;
+    alice.logout().await.expect("logged out");
+    let seen = wait_for_state(&mut alice_events, |state| {
+        matches!(state, ConnectionState::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        seen.last(),
+        Some(&Event::State(ConnectionState::Disconnected {
+            reason: DisconnectReason::LoggedOut
+        }))
+    );
+    let again = within("login again", system.user("alice").connect())
+        .await
+        .expect("connects");
+    assert!(matches!(again.state(), ConnectionState::Connected { .. }));
+}
+
+#[tokio::test]
+async fn an_unknown_user_fails_cleanly() {
+    let system = System::start(&["s1"]).await;
+    let (alice, _events) = system.join("alice").await;
+    let error = alice
+        .send_to_user(999_999, "anyone?")
+        .await
+        .expect_err("no such user");
+    assert!(
+        matches!(error, cim_client::ClientError::NotFound(_)),
+        "{error}"
+    );
+    alice
+        .send_to_user(alice.info().user_id, "note to self")
+        .await
+        .expect("the connection is still usable");
+}
+
+#[tokio::test]
+async fn killing_the_recipients_server_mid_stream_loses_and_duplicates_nothing() {
+    const TOTAL: u64 = 1000;
+    let mut system = System::start(&["s1", "s2"]).await;
+    let (alice, _alice_events) = system.join("alice").await;
+    let (bob, mut bob_events) = system.join("bob").await;
+    let bob_id = bob.info().user_id;
+    let bob_server = bob.info().server_id;
+
+    let sender = tokio::spawn(async move {
+        for chunk in 0..TOTAL / 50 {
+            let sends = (0..50).map(|n| alice.send_to_user(bob_id, format!("{}", chunk * 50 + n)));
+            for receipt in futures::future::join_all(sends).await {
+                receipt.expect("every message is stored, across the crash too");
+            }
+        }
+    });
+
+    let mut seen = std::collections::BTreeSet::new();
+    while (seen.len() as u64) < TOTAL {
+        let message = next_message(&mut bob_events).await;
+        assert!(
+            seen.insert(message.seq),
+            "seq {} reached the application twice",
+            message.seq
+        );
+        if seen.len() == 300 {
+            // A crash, not a shutdown: every task aborted, no goodbye to the clients.
+            drop(system.take_server(&bob_server));
+        }
+    }
+    within("the sender", sender).await.expect("sender task");
+    assert_eq!(seen, (1..=TOTAL).collect(), "every sequence exactly once");
+    assert_ne!(
+        bob.info().server_id,
+        bob_server,
+        "bob moved to the live server"
+    );
+}

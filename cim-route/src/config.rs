@@ -1,0 +1,103 @@
+//! [`RouteConfig`]: the `[route]` section of `cim.toml`.
+//!
+//! Every field has a default, so an empty section (or none) runs a route on port 8080. Unknown
+//! keys are errors rather than silently ignored: a misspelt `login_polcy` must not leave a
+//! deployment on the default policy without anyone noticing.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The route's settings: where it listens and how it treats logins and requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The address the HTTP API listens on.
+    pub listen: String,
+    /// How long a token issued at login stays valid. Written like `24h`, `30m`.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// What a login of a user who is online already does: `replace` (the default: the new login
+    /// wins, and the server kicks the old connection when the new one arrives) or `reject` (the
+    /// login fails with 409 until the user logs out or their session expires).
+    pub login_policy: LoginPolicy,
+    /// Before answering a login, the route opens a TCP connection to the chosen server's client
+    /// port; a server that does not accept within this time is skipped and another one is
+    /// chosen. Written like `500ms`.
+    #[serde(with = "humantime_serde")]
+    pub reachability_timeout: Duration,
+    /// The largest page a listing returns. A larger `limit` is lowered to this; a missing one
+    /// means this.
+    pub max_page: u32,
+    /// The largest request body accepted, in bytes; larger requests get 413.
+    pub max_body_len: usize,
+    /// The name this route introduces itself with to the servers' internal ports (in the
+    /// `PeerHello`). Give every route of a deployment its own, for the servers' logs.
+    pub name: String,
+    /// The largest frame sent to a server's internal port, in bytes: the cluster's frame limit
+    /// (the servers' `max_frame_len`).
+    pub max_frame_len: usize,
+    /// How often the route lists the servers when the MetaStore cannot watch (and how long it
+    /// waits before watching again after the watch failed). Written like `2s`.
+    #[serde(with = "humantime_serde")]
+    pub discovery_interval: Duration,
+}
+
+/// What a second login of an online user does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginPolicy {
+    /// The new login wins; the old connection is kicked when the new one logs in on its server.
+    /// This is what fixes the original cim's "repeat login" lock-outs after a crash.
+    #[default]
+    Replace,
+    /// The login fails with 409 while the user is online.
+    Reject,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            listen: "0.0.0.0:8080".to_string(),
+            token_ttl: Duration::from_secs(24 * 60 * 60),
+            login_policy: LoginPolicy::Replace,
+            reachability_timeout: Duration::from_millis(500),
+            max_page: 100,
+            max_body_len: 64 * 1024,
+            name: "route".to_string(),
+            max_frame_len: cim_proto::DEFAULT_MAX_FRAME_LEN,
+            discovery_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_section_means_the_defaults() {
+        let config: RouteConfig = serde_json::from_str("{}").expect("empty section");
+        assert_eq!(config, RouteConfig::default());
+        assert_eq!(config.listen, "0.0.0.0:8080");
+        assert_eq!(config.login_policy, LoginPolicy::Replace);
+    }
+
+    #[test]
+    fn durations_and_the_policy_are_written_for_humans() {
+        let config: RouteConfig = serde_json::from_str(
+            r#"{"token_ttl": "30m", "reachability_timeout": "250ms", "login_policy": "reject"}"#,
+        )
+        .expect("valid section");
+        assert_eq!(config.token_ttl, Duration::from_secs(30 * 60));
+        assert_eq!(config.reachability_timeout, Duration::from_millis(250));
+        assert_eq!(config.login_policy, LoginPolicy::Reject);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = serde_json::from_str::<RouteConfig>(r#"{"login_polcy": "reject"}"#)
+            .expect_err("misspelt key");
+        assert!(err.to_string().contains("login_polcy"), "{err}");
+    }
+}

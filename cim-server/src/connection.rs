@@ -1,0 +1,651 @@
+//! One client connection, from the first byte to the unbind.
+//!
+//! A connection is one task running one `select!` loop, so everything about it (its frames in,
+//! its deliveries out, kicks, the idle timer, shutdown) is decided in one place and in order.
+//! The stages:
+//!
+//! 1. **Login.** The first frame must be `Login` within `login_timeout`, with a token the route
+//!    issued. Anything else gets an error frame and a close: nothing is served to a connection
+//!    that has not proved who it is.
+//! 2. **Bind.** The connection registers locally *before* it binds its session, so that once
+//!    any dispatcher can find the session, the connection can receive. A replaced session's
+//!    connection is kicked, here or on its server.
+//! 3. **Sync.** Everything the user has not acknowledged is sent, page by page, oldest first per
+//!    conversation. Live deliveries that arrive meanwhile are held back, and after the sync only
+//!    those the sync did not already cover are sent, in sequence order: the client sees each
+//!    conversation in order even when a message arrives during its sync.
+//! 4. **Serve.** Pings, sends (stored before they are acknowledged, then dispatched), delivery
+//!    acks, and live deliveries, until the client leaves, goes idle, floods, is kicked, falls
+//!    too far behind, or the server shuts down.
+//! 5. **Close.** Unregister, then unbind the session by compare-and-delete, so a newer login of
+//!    the same user is never undone by this old connection.
+//!
+//! A bad frame closes this connection only; a failing backend becomes an error frame. Nothing
+//! here panics on input.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cim_core::token::Claims;
+use cim_core::{
+    BindOutcome, ConnectionId, ConversationId, Error, ErrorKind, GroupId, NewMessage, Recipient,
+    Result, Seq, Session, SessionRef, StoredMessage, Timestamp, UserId,
+};
+use cim_proto::v1::{self, PeerKick};
+use cim_proto::{Body, ErrorCode, Frame, KickReason};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::codec::Framed;
+
+use crate::delivery::{Delivery, deliver_frame, recipient_from_proto};
+use crate::local::{ConnectionHandle, Control};
+use crate::rate_limit::{TokenBucket, Verdict};
+use crate::server::Shared;
+use crate::wire::{
+    ClientCodec, ClientFramed, Outbound, close, error_code, error_frame, frame_error, kicked_frame,
+};
+
+/// The longest device label accepted at login, in bytes.
+const MAX_DEVICE_LEN: usize = 64;
+/// Messages read per page during the sync.
+const SYNC_PAGE: u32 = 256;
+/// Deliveries written before one flush.
+const MAX_BATCH: usize = 64;
+/// Kicks and overflow notices queued per connection.
+const CONTROL_QUEUE: usize = 4;
+
+/// Serves one client connection to its end.
+pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let _ = socket.set_nodelay(true);
+    let framed = Framed::new(socket, ClientCodec::new(shared.config.max_frame_len));
+    let write_timeout = shared.config.idle_timeout;
+    let (framed, claims, device) = match login(&shared, framed).await {
+        Ok(logged_in) => logged_in,
+        Err((framed, last)) => {
+            close(framed, last, write_timeout).await;
+            return;
+        }
+    };
+    tracing::debug!(%peer, user = %claims.user_id, "login");
+    let connection_id = ConnectionId(rand::random());
+    let (deliveries_tx, deliveries) = mpsc::channel(shared.config.outbound_queue);
+    let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+    shared.local.register(
+        claims.user_id,
+        ConnectionHandle {
+            id: connection_id,
+            deliveries: deliveries_tx,
+            control: control_tx,
+        },
+    );
+    let session = Session {
+        user_id: claims.user_id,
+        server_id: shared.id.clone(),
+        connection_id,
+        device,
+        login_at: Timestamp::now(),
+    };
+    let mut connection = Connection {
+        bucket: TokenBucket::new(&shared.config.rate_limit, Instant::now()),
+        shared: Arc::clone(&shared),
+        framed,
+        user: claims.user_id,
+        user_name: claims.user_name,
+        connection_id,
+        deliveries,
+        control,
+        synced: HashMap::new(),
+    };
+    let last = connection.run(session.clone()).await;
+    shared.local.unregister(session.user_id, connection_id);
+    // Unbind before the goodbye, which may linger: the user can log in again at once.
+    if let Err(e) = shared.stores.sessions.unbind(&session.reference()).await {
+        tracing::warn!(user = %session.user_id, error = %e, "cannot unbind a closed connection's session; it expires with the server's");
+    }
+    close(connection.framed, last, write_timeout).await;
+}
+
+/// Reads and checks the `Login` frame; on failure, the connection and its last frame.
+async fn login(
+    shared: &Shared,
+    mut framed: ClientFramed,
+) -> std::result::Result<(ClientFramed, Claims, String), (ClientFramed, Option<Outbound>)> {
+    let first = tokio::select! {
+        _ = shared.shutdown.cancelled() => {
+            return Err((framed, Some(kicked_frame(KickReason::ServerShutdown))));
+        }
+        first = timeout(shared.config.login_timeout, framed.next()) => first,
+    };
+    let login = match first {
+        Err(_) => {
+            let text = format!(
+                "no Login frame within {:?}; log in first",
+                shared.config.login_timeout
+            );
+            return Err((framed, Some(error_frame(ErrorCode::NotLoggedIn, text, ""))));
+        }
+        Ok(None) => return Err((framed, None)),
+        Ok(Some(Err(e))) => {
+            let last = frame_error(&e);
+            return Err((framed, last));
+        }
+        Ok(Some(Ok(Frame {
+            body: Some(Body::Login(login)),
+        }))) => login,
+        Ok(Some(Ok(_))) => {
+            let text = "the first frame must be Login; log in before anything else";
+            return Err((framed, Some(error_frame(ErrorCode::NotLoggedIn, text, ""))));
+        }
+    };
+    let claims = match shared.key.verify(&login.token) {
+        Ok(claims) if claims.user_id != UserId(0) => claims,
+        Ok(_) => {
+            let text = "this token is not a user's; log in through the route";
+            return Err((
+                framed,
+                Some(error_frame(ErrorCode::Unauthenticated, text, "")),
+            ));
+        }
+        Err(e) => {
+            let text = e.message().to_string();
+            return Err((
+                framed,
+                Some(error_frame(ErrorCode::Unauthenticated, text, "")),
+            ));
+        }
+    };
+    if login.device.len() > MAX_DEVICE_LEN {
+        let text = format!("the device label is longer than {MAX_DEVICE_LEN} bytes");
+        return Err((framed, Some(error_frame(ErrorCode::InvalidInput, text, ""))));
+    }
+    Ok((framed, claims, login.device))
+}
+
+/// Why the connection ends, when the client should hear it.
+type Last = Option<Outbound>;
+
+/// A logged-in connection.
+struct Connection {
+    shared: Arc<Shared>,
+    framed: ClientFramed,
+    user: UserId,
+    user_name: String,
+    connection_id: ConnectionId,
+    deliveries: mpsc::Receiver<Arc<Delivery>>,
+    control: mpsc::Receiver<Control>,
+    bucket: TokenBucket,
+    /// Per conversation, the highest sequence the sync sent: live deliveries at or below it
+    /// are duplicates.
+    synced: HashMap<ConversationId, Seq>,
+}
+
+/// What the loop does after handling one event.
+enum Step {
+    Continue,
+    Close(Last),
+}
+
+impl Connection {
+    /// Binds, syncs and serves; returns the frame to end with.
+    async fn run(&mut self, session: Session) -> Last {
+        if let Err(last) = self.bind(session).await {
+            return last;
+        }
+        let result = Body::LoginResult(v1::LoginResult {
+            user_id: self.user.0,
+            user_name: self.user_name.clone(),
+            server_id: self.shared.id.to_string(),
+            connection_id: self.connection_id.0,
+            heartbeat_interval_ms: millis(self.shared.config.heartbeat_interval),
+            idle_timeout_ms: millis(self.shared.config.idle_timeout),
+            max_frame_len: u32::try_from(self.shared.config.max_frame_len).unwrap_or(u32::MAX),
+        });
+        if self.write(result.into()).await.is_err() {
+            return None;
+        }
+        let held = match self.sync().await {
+            Ok(held) => held,
+            Err(last) => return last,
+        };
+        if let Step::Close(last) = self.send_held(held).await {
+            return last;
+        }
+        self.serve().await
+    }
+
+    /// Binds the session under the login policy and kicks the session it replaces.
+    async fn bind(&mut self, session: Session) -> std::result::Result<(), Last> {
+        let policy = self.shared.config.login_policy;
+        match self.shared.stores.sessions.bind(session, policy).await {
+            Ok(BindOutcome::Bound) => Ok(()),
+            Ok(BindOutcome::Replaced(old)) => {
+                self.kick_replaced(old.reference()).await;
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Some(error_frame(
+                ErrorCode::Forbidden,
+                "you are logged in elsewhere and this deployment rejects a second login; log \
+                 out there first",
+                "",
+            ))),
+            Err(e) => {
+                tracing::warn!(user = %self.user, error = %e, "cannot bind a session");
+                Err(Some(error_frame(
+                    error_code(e.kind()),
+                    format!("cannot log in now: {}", e.message()),
+                    "",
+                )))
+            }
+        }
+    }
+
+    async fn kick_replaced(&self, old: SessionRef) {
+        if old.server_id == self.shared.id {
+            self.shared
+                .local
+                .kick(old.user_id, old.connection_id, KickReason::Replaced);
+            return;
+        }
+        let kick = PeerKick {
+            user_id: old.user_id.0,
+            connection_id: old.connection_id.0,
+            reason: KickReason::Replaced as i32,
+        };
+        if let Err(e) = self.shared.pool.kick(&old.server_id, kick).await {
+            // Its server is gone or unreachable: the old connection is gone with it, or its
+            // session check fails there at the next bind.
+            tracing::debug!(server = %old.server_id, error = %e, "cannot kick a replaced session");
+        }
+    }
+
+    /// Sends every pending message; returns the live deliveries that arrived meanwhile.
+    async fn sync(&mut self) -> std::result::Result<Vec<Arc<Delivery>>, Last> {
+        let stores = self.shared.stores.clone();
+        let unavailable = |e: Error| {
+            tracing::warn!(error = %e, "sync failed");
+            Some(error_frame(
+                error_code(e.kind()),
+                format!(
+                    "cannot sync your messages now: {}; reconnect later",
+                    e.message()
+                ),
+                "",
+            ))
+        };
+        let groups: Vec<GroupId> = if stores.accounts.capabilities().groups {
+            stores
+                .accounts
+                .user_groups(self.user)
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .map(|group| group.id)
+                .filter(|group| *group != GroupId::ALL)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut names: HashMap<UserId, String> = HashMap::new();
+        let mut held = Vec::new();
+        let held_limit = self.shared.config.outbound_queue.saturating_mul(4);
+        let mut cursor = None;
+        loop {
+            let page = stores
+                .messages
+                .pending(self.user, &groups, cursor.as_ref(), SYNC_PAGE)
+                .await
+                .map_err(unavailable)?;
+            for message in page.items {
+                let name = sender_name(&stores, &mut names, message.sender).await;
+                let frame = Body::Deliver(deliver_frame(&message, &name));
+                self.feed(frame.into()).await.map_err(|()| None)?;
+                let synced = self.synced.entry(message.conversation).or_default();
+                *synced = (*synced).max(message.seq);
+            }
+            self.flush().await.map_err(|()| None)?;
+            while let Ok(delivery) = self.deliveries.try_recv() {
+                held.push(delivery);
+            }
+            if held.len() > held_limit {
+                return Err(Some(slow_frame()));
+            }
+            if let Ok(control) = self.control.try_recv() {
+                return Err(control_frame(control));
+            }
+            if self.shared.shutdown.is_cancelled() {
+                return Err(Some(kicked_frame(KickReason::ServerShutdown)));
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(held),
+            }
+        }
+    }
+
+    /// Sends the deliveries held during the sync that it did not cover, in sequence order per
+    /// conversation.
+    async fn send_held(&mut self, mut held: Vec<Arc<Delivery>>) -> Step {
+        held.sort_by_key(|delivery| (delivery.conversation, delivery.seq));
+        held.dedup_by_key(|delivery| delivery.message_id);
+        for delivery in held {
+            if self.is_synced(&delivery) {
+                continue;
+            }
+            if self.feed(Outbound::Delivery(delivery)).await.is_err() {
+                return Step::Close(None);
+            }
+        }
+        match self.flush().await {
+            Ok(()) => Step::Continue,
+            Err(()) => Step::Close(None),
+        }
+    }
+
+    /// The main loop.
+    async fn serve(&mut self) -> Last {
+        let idle_timeout = self.shared.config.idle_timeout;
+        let idle = sleep_until(Instant::now() + idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => {
+                    Step::Close(Some(kicked_frame(KickReason::ServerShutdown)))
+                }
+                control = self.control.recv() => match control {
+                    Some(control) => Step::Close(control_frame(control)),
+                    None => Step::Close(None),
+                },
+                () = &mut idle => Step::Close(Some(kicked_frame(KickReason::Idle))),
+                frame = self.framed.next() => match frame {
+                    None => Step::Close(None),
+                    Some(Err(e)) => Step::Close(frame_error(&e)),
+                    Some(Ok(frame)) => {
+                        idle.as_mut().reset(Instant::now() + idle_timeout);
+                        self.handle(frame).await
+                    }
+                },
+                Some(delivery) = self.deliveries.recv() => self.send_live(delivery).await,
+            };
+            if let Step::Close(last) = step {
+                return last;
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, in one flush.
+    async fn send_live(&mut self, first: Arc<Delivery>) -> Step {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(delivery) = next.take() {
+            if !self.is_synced(&delivery) {
+                if self.feed(Outbound::Delivery(delivery)).await.is_err() {
+                    return Step::Close(None);
+                }
+                written += 1;
+            }
+            if written < MAX_BATCH {
+                next = self.deliveries.try_recv().ok();
+            }
+        }
+        match self.flush().await {
+            Ok(()) => Step::Continue,
+            Err(()) => Step::Close(None),
+        }
+    }
+
+    fn is_synced(&self, delivery: &Delivery) -> bool {
+        self.synced
+            .get(&delivery.conversation)
+            .is_some_and(|synced| delivery.seq <= *synced)
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Step {
+        let reply = match frame.body {
+            Some(Body::Ping(ping)) => Body::Pong(v1::Pong { nonce: ping.nonce }).into(),
+            Some(Body::Send(send)) => match self.bucket.take(Instant::now()) {
+                Verdict::Allowed => return self.handle_send(send).await,
+                Verdict::Refused => error_frame(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} messages per second; slow down",
+                        self.shared.config.rate_limit.messages_per_second
+                    ),
+                    &send.client_msg_id,
+                ),
+                Verdict::Flooding => {
+                    return Step::Close(Some(error_frame(
+                        ErrorCode::RateLimited,
+                        "too many messages over the rate limit; closing the connection",
+                        &send.client_msg_id,
+                    )));
+                }
+            },
+            Some(Body::DeliveryAck(ack)) => match self.handle_ack(ack).await {
+                Some(error) => error,
+                None => return Step::Continue,
+            },
+            Some(Body::Login(_)) => error_frame(
+                ErrorCode::InvalidInput,
+                "this connection is logged in already",
+                "",
+            ),
+            Some(_) | None => error_frame(
+                ErrorCode::InvalidInput,
+                "only the server sends this frame",
+                "",
+            ),
+        };
+        self.reply(reply).await
+    }
+
+    /// Writes one frame; closes if the connection is gone or stuck.
+    async fn reply(&mut self, item: Outbound) -> Step {
+        match self.write(item).await {
+            Ok(()) => Step::Continue,
+            Err(()) => Step::Close(None),
+        }
+    }
+
+    /// Validates, stores (or schedules), acknowledges, then dispatches a message.
+    async fn handle_send(&mut self, send: v1::Send) -> Step {
+        let client_msg_id = send.client_msg_id.clone();
+        match self.store(send).await {
+            Ok((ack, stored)) => {
+                // Acknowledge first: the message is safe, and the sender should not wait for
+                // the fan-out.
+                if let Step::Close(last) = self.reply(Body::SendAck(ack).into()).await {
+                    return Step::Close(last);
+                }
+                if let Some(message) = stored
+                    && let Err(e) = self
+                        .shared
+                        .dispatcher
+                        .dispatch(&message, &self.user_name)
+                        .await
+                {
+                    tracing::debug!(message = %message.id, error = %e, "live delivery incomplete");
+                }
+                Step::Continue
+            }
+            Err(e) => {
+                if !matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::NotFound) {
+                    tracing::warn!(user = %self.user, error = %e, "cannot store a message");
+                }
+                let code = match e.kind() {
+                    ErrorKind::Unauthenticated => ErrorCode::Forbidden,
+                    kind => error_code(kind),
+                };
+                self.reply(error_frame(code, e.message().to_string(), &client_msg_id))
+                    .await
+            }
+        }
+    }
+
+    /// Stores or schedules `send`; the ack, and the message to dispatch if there is a new one.
+    async fn store(&self, send: v1::Send) -> Result<(v1::SendAck, Option<StoredMessage>)> {
+        let config = &self.shared.config;
+        if send.body.len() > config.max_body_len {
+            return Err(Error::invalid_input(format!(
+                "the body is {} bytes; the limit is {} bytes",
+                send.body.len(),
+                config.max_body_len
+            )));
+        }
+        let to = recipient_from_proto(send.to.as_ref())?;
+        let message = NewMessage {
+            sender: self.user,
+            to,
+            client_msg_id: send.client_msg_id,
+            body: send.body,
+            sent_at: Timestamp::now(),
+        };
+        message.validate()?;
+        self.check_recipient(to).await?;
+        let stores = &self.shared.stores;
+        if let Some(at) = send.deliver_at_ms.map(Timestamp)
+            && at > message.sent_at
+        {
+            let scheduled = stores.messages.schedule(message.clone(), at).await?;
+            let ack = v1::SendAck {
+                conversation: message.conversation().to_string(),
+                client_msg_id: message.client_msg_id,
+                scheduled_id: scheduled.id.0,
+                sent_at_ms: message.sent_at.as_millis(),
+                ..Default::default()
+            };
+            return Ok((ack, None));
+        }
+        let appended = stores.messages.append(message).await?;
+        let stored = appended.message;
+        let ack = v1::SendAck {
+            client_msg_id: stored.client_msg_id.clone(),
+            message_id: stored.id.0,
+            conversation: stored.conversation.to_string(),
+            seq: stored.seq.0,
+            sent_at_ms: stored.sent_at.as_millis(),
+            scheduled_id: 0,
+        };
+        // A retry of a stored message is acknowledged again but not delivered again.
+        Ok((ack, (!appended.duplicate).then_some(stored)))
+    }
+
+    /// `NotFound` for an unknown user or group, `Unauthenticated` (sent as `FORBIDDEN`) when
+    /// the sender is not a member of the group.
+    async fn check_recipient(&self, to: Recipient) -> Result<()> {
+        let accounts = &self.shared.stores.accounts;
+        match to {
+            Recipient::User(user) => match accounts.user(user).await? {
+                Some(_) => Ok(()),
+                None => Err(Error::not_found(format!("there is no user {user}"))),
+            },
+            Recipient::Group(GroupId::ALL) => Ok(()),
+            Recipient::Group(group) => {
+                if accounts.group(group).await?.is_none() {
+                    return Err(Error::not_found(format!("there is no group {group}")));
+                }
+                let member = accounts
+                    .user_groups(self.user)
+                    .await?
+                    .iter()
+                    .any(|g| g.id == group);
+                if member {
+                    Ok(())
+                } else {
+                    Err(Error::unauthenticated(format!(
+                        "you are not a member of group {group}; join it first"
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn handle_ack(&self, ack: v1::DeliveryAck) -> Option<Outbound> {
+        let result = match ack.conversation.parse::<ConversationId>() {
+            Ok(conversation) => {
+                self.shared
+                    .stores
+                    .messages
+                    .ack(self.user, conversation, Seq(ack.up_to_seq))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        result.err().map(|e| {
+            let code = match e.kind() {
+                ErrorKind::NotFound => ErrorCode::InvalidInput,
+                kind => error_code(kind),
+            };
+            error_frame(code, e.message().to_string(), "")
+        })
+    }
+
+    /// Writes and flushes one item; `Err` if the connection is gone or stuck.
+    async fn write(&mut self, item: Outbound) -> std::result::Result<(), ()> {
+        self.feed(item).await?;
+        self.flush().await
+    }
+
+    async fn feed(&mut self, item: Outbound) -> std::result::Result<(), ()> {
+        let write_timeout = self.shared.config.idle_timeout;
+        match timeout(write_timeout, self.framed.feed(item)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(user = %self.user, error = %e, "write failed");
+                Err(())
+            }
+            Err(_) => {
+                tracing::debug!(user = %self.user, "the client stopped reading");
+                Err(())
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::result::Result<(), ()> {
+        let write_timeout = self.shared.config.idle_timeout;
+        match timeout(write_timeout, SinkExt::<Outbound>::flush(&mut self.framed)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+}
+
+/// The name to show for `sender`, looked up once per sync.
+async fn sender_name(
+    stores: &cim_core::Stores,
+    names: &mut HashMap<UserId, String>,
+    sender: UserId,
+) -> String {
+    if let Some(name) = names.get(&sender) {
+        return name.clone();
+    }
+    let name = match stores.accounts.user(sender).await {
+        Ok(Some(user)) => user.name,
+        Ok(None) | Err(_) => String::new(),
+    };
+    names.insert(sender, name.clone());
+    name
+}
+
+fn control_frame(control: Control) -> Last {
+    match control {
+        Control::Kick(reason) => Some(kicked_frame(reason)),
+        Control::Slow => Some(slow_frame()),
+    }
+}
+
+fn slow_frame() -> Outbound {
+    error_frame(
+        ErrorCode::Unavailable,
+        "this connection fell too far behind its messages; reconnect to sync",
+        "",
+    )
+}
+
+fn millis(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}

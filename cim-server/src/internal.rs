@@ -1,0 +1,106 @@
+//! The internal listener: frames relayed by other servers and routes.
+//!
+//! This port is how a message sent on one server reaches a recipient connected to another, and
+//! how a login on one server kicks the user's old connection on another. It trusts no one by
+//! address: the first frame must be a [`PeerHello`](cim_proto::v1::PeerHello) whose token is
+//! signed with the deployment's secret and names a `peer:` dialer, and the connection is closed
+//! otherwise. After that, frames are acted on in order and nothing is ever written back (the
+//! dialer only learns that the link broke).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cim_core::{ConnectionId, UserId};
+use cim_proto::v1::{PeerDeliver, PeerFrame, PeerKick, peer_frame};
+use cim_proto::{FrameCodec, KickReason};
+use futures::StreamExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::FramedRead;
+
+use crate::delivery::Delivery;
+use crate::peer::PEER_NAME_PREFIX;
+use crate::server::Shared;
+
+/// Serves one internal connection to its end.
+pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let _ = socket.set_nodelay(true);
+    let mut frames = FramedRead::new(
+        socket,
+        FrameCodec::<PeerFrame>::new(shared.config.max_frame_len),
+    );
+    let hello = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        hello = timeout(shared.config.login_timeout, frames.next()) => hello,
+    };
+    let from = match hello {
+        Ok(Some(Ok(PeerFrame {
+            body: Some(peer_frame::Body::Hello(hello)),
+        }))) => match shared.key.verify(&hello.token) {
+            Ok(claims) if claims.user_name.starts_with(PEER_NAME_PREFIX) => hello.from,
+            Ok(_) => {
+                tracing::warn!(%peer, "internal connection with a user token; closing");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "internal connection with a bad token; closing");
+                return;
+            }
+        },
+        _ => {
+            tracing::warn!(%peer, "internal connection without a hello; closing");
+            return;
+        }
+    };
+    tracing::debug!(%peer, %from, "internal link up");
+    loop {
+        let frame = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            frame = frames.next() => frame,
+        };
+        match frame {
+            None => return,
+            Some(Err(e)) => {
+                tracing::warn!(%from, error = %e, "bad internal frame; closing the link");
+                return;
+            }
+            Some(Ok(frame)) => match frame.body {
+                Some(peer_frame::Body::Deliver(deliver)) => relay(&shared, deliver),
+                Some(peer_frame::Body::Kick(kick)) => self::kick(&shared, &kick),
+                Some(peer_frame::Body::Hello(_)) | None => {}
+            },
+        }
+    }
+}
+
+/// Hands a relayed message to the local connections it names.
+fn relay(shared: &Shared, deliver: PeerDeliver) {
+    let Some(message) = deliver.message else {
+        return;
+    };
+    let delivery = match Delivery::encode(&message, shared.config.max_frame_len) {
+        Ok(delivery) => delivery,
+        Err(e) => {
+            tracing::warn!(message = message.message_id, error = %e, "cannot relay a message");
+            return;
+        }
+    };
+    if deliver.all_local {
+        shared
+            .local
+            .deliver_to_all_except(delivery.sender, &delivery);
+    } else {
+        for user in deliver.user_ids {
+            shared.local.deliver_to_user(UserId(user), &delivery);
+        }
+    }
+}
+
+fn kick(shared: &Shared, kick: &PeerKick) {
+    let reason = KickReason::try_from(kick.reason).unwrap_or(KickReason::Unspecified);
+    shared.local.kick(
+        UserId(kick.user_id),
+        ConnectionId(kick.connection_id),
+        reason,
+    );
+}

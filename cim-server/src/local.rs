@@ -1,0 +1,248 @@
+//! [`LocalConnections`]: the client connections this server holds, by user.
+//!
+//! Everything that reaches a connection from outside its own task (a delivery from another
+//! sender's dispatch, a message relayed by a peer, a kick) goes through here, and never waits:
+//! each connection has a bounded delivery queue, and a connection whose queue is full is too
+//! slow to keep up. It is told to close instead of making the sender (or a whole group fan-out)
+//! wait for it. Kicks travel on a separate small control queue so that a full delivery queue
+//! cannot hold them back.
+//!
+//! A user normally has one connection here, but briefly two: when a new login replaces an old
+//! one on the same server, the old connection lives until it has read its kick.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use cim_core::{ConnectionId, ServerId, UserId};
+use cim_proto::KickReason;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::delivery::Delivery;
+
+/// An order for a connection's task, from outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Tell the client why, then close.
+    Kick(KickReason),
+    /// The delivery queue overflowed: close with an error.
+    Slow,
+}
+
+/// How the rest of the server reaches one connection's task.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionHandle {
+    /// The connection's id.
+    pub(crate) id: ConnectionId,
+    /// Messages to write, in order.
+    pub(crate) deliveries: mpsc::Sender<Arc<Delivery>>,
+    /// Kicks and overflow notices.
+    pub(crate) control: mpsc::Sender<Control>,
+}
+
+impl ConnectionHandle {
+    /// Queues `delivery` without waiting; a full queue marks the connection slow.
+    fn push(&self, delivery: &Arc<Delivery>) -> bool {
+        match self.deliveries.try_send(Arc::clone(delivery)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(connection = %self.id, "delivery queue full; closing the slow connection");
+                let _ = self.control.try_send(Control::Slow);
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// The client connections held by one server, by user.
+///
+/// Shared by the server's connection tasks (which register and unregister themselves), its
+/// internal listener (relayed messages and kicks) and the [`Dispatcher`](crate::Dispatcher)
+/// (local fan-out).
+#[derive(Debug)]
+pub struct LocalConnections {
+    server_id: ServerId,
+    users: RwLock<HashMap<UserId, Vec<ConnectionHandle>>>,
+}
+
+impl LocalConnections {
+    /// An empty set of connections for server `server_id`.
+    pub fn new(server_id: ServerId) -> Self {
+        LocalConnections {
+            server_id,
+            users: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The server these connections belong to.
+    pub fn server_id(&self) -> &ServerId {
+        &self.server_id
+    }
+
+    /// How many connections are registered (the load the server reports).
+    pub fn len(&self) -> usize {
+        self.read().values().map(Vec::len).sum()
+    }
+
+    /// Whether no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Adds a logged-in connection of `user`.
+    pub(crate) fn register(&self, user: UserId, handle: ConnectionHandle) {
+        self.write().entry(user).or_default().push(handle);
+    }
+
+    /// Removes connection `id` of `user`, if registered.
+    pub(crate) fn unregister(&self, user: UserId, id: ConnectionId) {
+        let mut users = self.write();
+        if let Some(handles) = users.get_mut(&user) {
+            handles.retain(|handle| handle.id != id);
+            if handles.is_empty() {
+                users.remove(&user);
+            }
+        }
+    }
+
+    /// Queues `delivery` on connection `id` of `user`; false if that connection is not here
+    /// (any more) or is too slow.
+    pub(crate) fn deliver_to(
+        &self,
+        user: UserId,
+        id: ConnectionId,
+        delivery: &Arc<Delivery>,
+    ) -> bool {
+        self.read()
+            .get(&user)
+            .and_then(|handles| handles.iter().find(|handle| handle.id == id))
+            .is_some_and(|handle| handle.push(delivery))
+    }
+
+    /// Queues `delivery` on every connection of `user`; how many took it.
+    pub(crate) fn deliver_to_user(&self, user: UserId, delivery: &Arc<Delivery>) -> usize {
+        self.read().get(&user).map_or(0, |handles| {
+            handles
+                .iter()
+                .filter(|handle| handle.push(delivery))
+                .count()
+        })
+    }
+
+    /// Queues `delivery` on every connection except those of `sender`; how many took it.
+    pub(crate) fn deliver_to_all_except(&self, sender: UserId, delivery: &Arc<Delivery>) -> usize {
+        self.read()
+            .iter()
+            .filter(|(user, _)| **user != sender)
+            .flat_map(|(_, handles)| handles)
+            .filter(|handle| handle.push(delivery))
+            .count()
+    }
+
+    /// Tells connection `id` of `user` to close with `reason`; false if it is not here.
+    pub(crate) fn kick(&self, user: UserId, id: ConnectionId, reason: KickReason) -> bool {
+        self.read()
+            .get(&user)
+            .and_then(|handles| handles.iter().find(|handle| handle.id == id))
+            .is_some_and(|handle| handle.control.try_send(Control::Kick(reason)).is_ok())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, Vec<ConnectionHandle>>> {
+        // A panic elsewhere never leaves the map half-updated: every critical section is a
+        // single insert, retain or lookup.
+        self.users.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<UserId, Vec<ConnectionHandle>>> {
+        self.users.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use cim_core::{ConversationId, MessageId, Seq};
+
+    use super::*;
+
+    fn handle(
+        id: u64,
+        queue: usize,
+    ) -> (
+        ConnectionHandle,
+        mpsc::Receiver<Arc<Delivery>>,
+        mpsc::Receiver<Control>,
+    ) {
+        let (deliveries, delivery_rx) = mpsc::channel(queue);
+        let (control, control_rx) = mpsc::channel(4);
+        let handle = ConnectionHandle {
+            id: ConnectionId(id),
+            deliveries,
+            control,
+        };
+        (handle, delivery_rx, control_rx)
+    }
+
+    fn delivery(sender: u64) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            message_id: MessageId(1),
+            conversation: ConversationId::direct(UserId(sender), UserId(99)),
+            seq: Seq(1),
+            sender: UserId(sender),
+            frame: Bytes::from_static(b"x"),
+        })
+    }
+
+    fn local() -> LocalConnections {
+        LocalConnections::new(ServerId::new("s1").expect("valid id"))
+    }
+
+    #[test]
+    fn delivery_needs_the_matching_connection_id() {
+        let local = local();
+        let (h, mut rx, _ctl) = handle(7, 4);
+        local.register(UserId(1), h);
+        assert!(!local.deliver_to(UserId(1), ConnectionId(8), &delivery(2)));
+        assert!(local.deliver_to(UserId(1), ConnectionId(7), &delivery(2)));
+        assert!(rx.try_recv().is_ok());
+        local.unregister(UserId(1), ConnectionId(7));
+        assert!(local.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_marks_the_connection_slow_instead_of_waiting() {
+        let local = local();
+        let (h, _rx, mut ctl) = handle(7, 1);
+        local.register(UserId(1), h);
+        assert_eq!(local.deliver_to_user(UserId(1), &delivery(2)), 1);
+        assert_eq!(local.deliver_to_user(UserId(1), &delivery(2)), 0);
+        assert_eq!(ctl.try_recv().ok(), Some(Control::Slow));
+    }
+
+    #[test]
+    fn broadcast_skips_the_sender() {
+        let local = local();
+        let (a, mut a_rx, _a_ctl) = handle(1, 4);
+        let (b, mut b_rx, _b_ctl) = handle(2, 4);
+        local.register(UserId(1), a);
+        local.register(UserId(2), b);
+        assert_eq!(local.len(), 2);
+        assert_eq!(local.deliver_to_all_except(UserId(1), &delivery(1)), 1);
+        assert!(a_rx.try_recv().is_err());
+        assert!(b_rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn kicks_reach_only_the_named_connection() {
+        let local = local();
+        let (h, _rx, mut ctl) = handle(7, 4);
+        local.register(UserId(1), h);
+        assert!(!local.kick(UserId(1), ConnectionId(6), KickReason::Replaced));
+        assert!(local.kick(UserId(1), ConnectionId(7), KickReason::Replaced));
+        assert_eq!(
+            ctl.try_recv().ok(),
+            Some(Control::Kick(KickReason::Replaced))
+        );
+    }
+}

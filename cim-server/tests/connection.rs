@@ -1,0 +1,225 @@
+//! The life of one client connection: login, heartbeat, bad input, limits, replacement.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use cim_core::UserId;
+use cim_proto::v1::{self, Ping};
+use cim_proto::{Body, ErrorCode, KickReason};
+use cim_server::RateLimitConfig;
+use support::{Cluster, TestClient, test_config, to_user};
+
+#[tokio::test]
+async fn a_frame_before_login_is_refused_and_the_connection_closed() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let mut client = TestClient::connect(server.client_addr()).await;
+    client.send(Body::Ping(Ping { nonce: 1 })).await;
+    client.expect_error(ErrorCode::NotLoggedIn).await;
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_logs_in_is_closed_after_the_login_timeout() {
+    let cluster = Cluster::memory();
+    let config = cim_server::ServerConfig {
+        login_timeout: Duration::from_millis(200),
+        ..test_config()
+    };
+    let server = cluster.start_with("s1", config).await;
+    let mut client = TestClient::connect(server.client_addr()).await;
+    client.expect_error(ErrorCode::NotLoggedIn).await;
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_bad_token_gets_unauthenticated_and_a_close() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let other_key = cim_core::token::TokenKey::new(&[1; 32]).unwrap();
+    let (forged, _) = other_key
+        .issue(UserId(1), "mallory", Duration::from_secs(60))
+        .unwrap();
+    for token in [forged.as_str(), "not a token"] {
+        let mut client = TestClient::connect(server.client_addr()).await;
+        client
+            .send(Body::Login(v1::Login {
+                token: token.into(),
+                device: String::new(),
+            }))
+            .await;
+        client.expect_error(ErrorCode::Unauthenticated).await;
+        client.expect_closed().await;
+    }
+}
+
+#[tokio::test]
+async fn login_binds_a_session_on_this_server_and_ping_gets_pong() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (alice, token) = cluster.user("alice").await;
+    let mut client = TestClient::login(server.client_addr(), &token).await;
+    let login = client.login.clone().unwrap();
+    assert_eq!(login.user_id, alice.0);
+    assert_eq!(login.server_id, "s1");
+    assert_eq!(login.heartbeat_interval_ms, 1000);
+    let session = cluster.stores.sessions.get(alice).await.unwrap().unwrap();
+    assert_eq!(session.server_id.as_str(), "s1");
+    assert_eq!(session.connection_id.0, login.connection_id);
+
+    client.send(Body::Ping(Ping { nonce: 77 })).await;
+    assert_eq!(client.next().await, Body::Pong(v1::Pong { nonce: 77 }));
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_frames_close_only_that_connection() {
+    let cluster = Cluster::memory();
+    let config = cim_server::ServerConfig {
+        max_frame_len: 4096,
+        max_body_len: 1024,
+        ..test_config()
+    };
+    let server = cluster.start_with("s1", config).await;
+    let (_, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let (_, carol_token) = cluster.user("carol").await;
+    let (_, dave_token) = cluster.user("dave").await;
+    let mut alice_client = TestClient::login(server.client_addr(), &alice_token).await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+
+    // Garbage: a 3-byte frame that is not protobuf.
+    let mut garbage = TestClient::login(server.client_addr(), &carol_token).await;
+    garbage.send_raw(&[3, 0xff, 0xff, 0xff]).await;
+    garbage.expect_error(ErrorCode::MalformedFrame).await;
+    garbage.expect_closed().await;
+
+    // Oversized: announce 100 KiB and start sending it.
+    let mut oversized = TestClient::login(server.client_addr(), &dave_token).await;
+    let mut bytes = Vec::new();
+    prost::encoding::encode_varint(100 * 1024, &mut bytes);
+    bytes.extend(std::iter::repeat_n(0u8, 8 * 1024));
+    oversized.send_raw(&bytes).await;
+    oversized.expect_error(ErrorCode::FrameTooLarge).await;
+    oversized.expect_closed().await;
+
+    // The neighbours chat on.
+    alice_client
+        .send_text(to_user(bob), "m1", "still here?")
+        .await;
+    alice_client.expect_ack().await;
+    assert_eq!(bob_client.expect_deliver().await.body, "still here?");
+}
+
+#[tokio::test]
+async fn sending_faster_than_the_rate_limit_is_refused_then_closed() {
+    let cluster = Cluster::memory();
+    let config = cim_server::ServerConfig {
+        rate_limit: RateLimitConfig {
+            messages_per_second: 1,
+            burst: 3,
+        },
+        ..test_config()
+    };
+    let server = cluster.start_with("s1", config).await;
+    let (_, alice_token) = cluster.user("alice").await;
+    let (bob, _) = cluster.user("bob").await;
+    let mut client = TestClient::login(server.client_addr(), &alice_token).await;
+    for i in 0..3 {
+        client
+            .send_text(to_user(bob), &format!("ok-{i}"), "hi")
+            .await;
+        client.expect_ack().await;
+    }
+    // Three bursts' worth of refusals (9), the last of which closes the connection.
+    for i in 0..9 {
+        let id = format!("flood-{i}");
+        client.send_text(to_user(bob), &id, "hi").await;
+        let error = client.expect_error(ErrorCode::RateLimited).await;
+        assert_eq!(error.client_msg_id, id);
+    }
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_kicked_idle_and_its_session_unbound() {
+    let cluster = Cluster::memory();
+    let config = cim_server::ServerConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let server = cluster.start_with("s1", config).await;
+    let (alice, token) = cluster.user("alice").await;
+    let mut client = TestClient::login(server.client_addr(), &token).await;
+    client.expect_kicked(KickReason::Idle).await;
+    client.expect_closed().await;
+    // The unbind follows the close; poll the store briefly.
+    let sessions = cluster.stores.sessions.clone();
+    tokio::time::timeout(support::WAIT, async {
+        while sessions.get(alice).await.unwrap().is_some() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("session unbound");
+}
+
+#[tokio::test]
+async fn pinging_keeps_a_connection_alive_past_the_idle_timeout() {
+    let cluster = Cluster::memory();
+    let config = cim_server::ServerConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        ..test_config()
+    };
+    let server = cluster.start_with("s1", config).await;
+    let (_, token) = cluster.user("alice").await;
+    let mut client = TestClient::login(server.client_addr(), &token).await;
+    for nonce in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.send(Body::Ping(Ping { nonce })).await;
+        assert_eq!(client.next().await, Body::Pong(v1::Pong { nonce }));
+    }
+}
+
+#[tokio::test]
+async fn a_second_login_kicks_the_first_with_replaced() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (alice, token) = cluster.user("alice").await;
+    let mut first = TestClient::login(server.client_addr(), &token).await;
+    let second = TestClient::login(server.client_addr(), &token).await;
+    first.expect_kicked(KickReason::Replaced).await;
+    first.expect_closed().await;
+    let session = cluster.stores.sessions.get(alice).await.unwrap().unwrap();
+    assert_eq!(
+        session.connection_id.0,
+        second.login.unwrap().connection_id,
+        "the old connection's close must not unbind the new session"
+    );
+}
+
+#[tokio::test]
+async fn under_the_reject_policy_a_second_login_is_refused() {
+    let cluster = Cluster::memory();
+    let config = cim_server::ServerConfig {
+        login_policy: cim_core::BindPolicy::Reject,
+        ..test_config()
+    };
+    let server = cluster.start_with("s1", config).await;
+    let (_, token) = cluster.user("alice").await;
+    let mut first = TestClient::login(server.client_addr(), &token).await;
+    let mut second = TestClient::connect(server.client_addr()).await;
+    second
+        .send(Body::Login(v1::Login {
+            token: token.clone(),
+            device: String::new(),
+        }))
+        .await;
+    second.expect_error(ErrorCode::Forbidden).await;
+    second.expect_closed().await;
+    assert!(first.ping_barrier().await.is_empty());
+}
