@@ -247,7 +247,20 @@ impl Client {
         self.inner.route.create_group(&self.token(), name).await
     }
 
-    /// Adds a user to a group.
+    /// The group with this name (any letter case); [`ClientError::NotFound`] if none.
+    ///
+    /// [`ClientError::NotFound`]: crate::ClientError::NotFound
+    pub async fn find_group(&self, name: &str) -> Result<GroupView> {
+        self.inner.route.find_group(&self.token(), name).await
+    }
+
+    /// Joins a group (groups are open: anyone may add themself).
+    pub async fn join_group(&self, group_id: u64) -> Result<()> {
+        let me = self.info().user_id;
+        self.add_member(group_id, me).await
+    }
+
+    /// Adds a user to a group (the caller must be a member, unless adding themself).
     pub async fn add_member(&self, group_id: u64, user_id: u64) -> Result<()> {
         self.inner
             .route

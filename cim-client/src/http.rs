@@ -226,6 +226,13 @@ impl Route {
         self.call(request, "creating the group").await
     }
 
+    /// `GET /api/v1/groups?name=`.
+    pub(crate) async fn find_group(&self, token: &str, name: &str) -> Result<GroupView> {
+        let url = self.url(&["groups"], &[("name", Some(name.to_string()))]);
+        let request = self.request(Method::GET, url, Some(token));
+        self.call(request, "looking the group up").await
+    }
+
     /// `POST /api/v1/groups/{id}/members`.
     pub(crate) async fn add_member(&self, token: &str, group: u64, user: u64) -> Result<()> {
         let group = group.to_string();

@@ -56,6 +56,8 @@ mod error;
 mod event;
 mod http;
 mod message;
+#[cfg(feature = "terminal")]
+pub mod terminal;
 
 pub use backoff::ReconnectPolicy;
 pub use builder::ClientBuilder;

@@ -4,6 +4,7 @@
 //! - `cim server`: a cim server node; `cim route`: the HTTP control plane. Run several of each
 //!   against shared backends (from `--config`) for a cluster.
 //! - `cim conformance`: the conformance suite against the backends a config names.
+//! - `cim client`: the terminal chat client (cim-client's `terminal` feature).
 
 mod auth;
 mod node;
@@ -44,6 +45,27 @@ enum Command {
     /// Runs the conformance suite against the backends the config names, in a namespace of its
     /// own, and prints a table of passed / failed / not claimed cases per trait.
     Conformance(ConformanceArgs),
+    /// The terminal chat client: log in through a route and chat (`:all` lists the commands).
+    /// The password is asked for without echo, or read from CIM_PASSWORD.
+    Client(ClientArgs),
+}
+
+/// Flags of `cim client`.
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The route's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    route: String,
+    /// The user name to log in as.
+    #[arg(long)]
+    user: String,
+    /// Create the account first.
+    #[arg(long)]
+    register: bool,
+    /// Append every message to this file (tab-separated: time, direction, conversation,
+    /// sender, text). Not `--log`: that is the log filter.
+    #[arg(long, value_name = "PATH")]
+    chat_log: Option<PathBuf>,
 }
 
 /// Flags of `cim standalone` (each overrides the config).
@@ -75,9 +97,30 @@ fn humantime_duration(text: &str) -> Result<std::time::Duration, String> {
     node::parse_duration(text)
 }
 
+/// The chat client's failure as the binary's error, keeping what the user can act on.
+fn client_error(error: cim_client::ClientError) -> cim_core::Error {
+    use cim_client::ClientError;
+    match error {
+        ClientError::Unauthenticated(message) => cim_core::Error::unauthenticated(message),
+        ClientError::InvalidInput(message) | ClientError::AlreadyExists(message) => {
+            cim_core::Error::invalid_input(message)
+        }
+        ClientError::Unavailable { message, .. } => cim_core::Error::unavailable(message),
+        other => cim_core::Error::unavailable(other.to_string()),
+    }
+}
+
 fn main() -> ExitCode {
+    cim_adapter_postgres::link();
+    cim_adapter_redis::link();
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+    // Log lines on the chat screen would break the prompt, and the client shows connection
+    // changes itself: it logs only errors unless asked for more.
+    let log = match cli.command {
+        Command::Client(_) if cli.log == "info" => "error",
+        _ => cli.log.as_str(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -111,6 +154,16 @@ fn main() -> ExitCode {
             Command::Server => node::server(config).await,
             Command::Route => node::route(config).await,
             Command::Conformance(args) => node::conformance(config, args.ttl).await,
+            Command::Client(args) => {
+                cim_client::terminal::run(cim_client::terminal::TerminalArgs {
+                    route: args.route,
+                    user: args.user,
+                    register: args.register,
+                    chat_log: args.chat_log,
+                })
+                .await
+                .map_err(client_error)
+            }
         }
     });
     match result {

@@ -1,6 +1,7 @@
-//! Groups: create, add and remove members, list members, list the caller's groups.
+//! Groups: create, find by name, add and remove members, list members, list the caller's groups.
 //!
-//! Any member may add a member; a member may leave; the owner may remove anyone. A new member's
+//! Groups are open: anyone may join one (add themself), any member may add others, a member may
+//! leave, and the owner may remove anyone. A new member's
 //! delivery cursor starts at the group's latest message, so joining a busy group does not flood
 //! the newcomer with its backlog (history stays readable).
 
@@ -30,8 +31,8 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(views::group(&group))))
 }
 
-/// Adds a user to the group; the caller must be a member. 204, also if the user was a member
-/// already; 404 for a missing group or user.
+/// Adds a user to the group: the caller themself (joining), or anyone if the caller is a member.
+/// 204, also if the user was a member already; 404 for a missing group or user.
 pub(crate) async fn add_member(
     State(state): State<SharedState>,
     Auth(caller): Auth,
@@ -39,8 +40,10 @@ pub(crate) async fn add_member(
     JsonBody(request): JsonBody<AddMemberRequest>,
 ) -> ApiResult<StatusCode> {
     access::stored_group(&state, group).await?;
-    access::require_member(&state, caller.user_id, group).await?;
     let user = UserId(request.user_id);
+    if user != caller.user_id {
+        access::require_member(&state, caller.user_id, group).await?;
+    }
     let conversation = ConversationId::Group(group);
     // Read before adding: a message appended in between is then delivered to the newcomer,
     // rather than acknowledged for them unseen.
@@ -60,6 +63,27 @@ pub(crate) async fn add_member(
         }
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?name=`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FindQuery {
+    name: String,
+}
+
+/// The group with this name (any letter case); 404 if there is none.
+pub(crate) async fn find(
+    State(state): State<SharedState>,
+    Auth(_caller): Auth,
+    QueryParams(query): QueryParams<FindQuery>,
+) -> ApiResult<Json<GroupView>> {
+    match state.stores.accounts.group_by_name(&query.name).await? {
+        Some(group) => Ok(Json(views::group(&group))),
+        None => Err(ApiError::not_found(format!(
+            "there is no group named {:?}",
+            query.name
+        ))),
+    }
 }
 
 /// Removes a member: themself, or anyone if the caller owns the group; 403 otherwise. 204, also

@@ -47,6 +47,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         post("/api/v1/messages", messages::send),
         get("/api/v1/messages/search", messages::search),
         get("/api/v1/conversations/{id}/messages", messages::history),
+        get("/api/v1/groups", groups::find),
         post("/api/v1/groups", groups::create),
         get("/api/v1/groups/{id}/members", groups::members),
         post("/api/v1/groups/{id}/members", groups::add_member),

@@ -81,7 +81,7 @@ async fn group_names_are_unique_and_validated() {
 }
 
 #[tokio::test]
-async fn any_member_may_add_members_and_strangers_may_not() {
+async fn anyone_may_join_and_any_member_may_add_others_but_strangers_may_not() {
     let route = TestRoute::start().await;
     let (_alice, alice_token) = route.user_with_token("alice").await;
     let (bob, bob_token) = route.user_with_token("bob").await;
@@ -89,7 +89,7 @@ async fn any_member_may_add_members_and_strangers_may_not() {
     let dave = route.create_user("dave").await;
     let group = create_group(&route, &alice_token, "team").await;
 
-    let stranger = add(&route, &carol_token, group.group_id, carol.user_id).await;
+    let stranger = add(&route, &carol_token, group.group_id, dave.user_id).await;
     expect_error(stranger, StatusCode::FORBIDDEN, "forbidden").await;
 
     let by_owner = add(&route, &alice_token, group.group_id, bob.user_id).await;
@@ -114,6 +114,37 @@ async fn any_member_may_add_members_and_strangers_may_not() {
         )
         .await;
     expect_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+
+    let joined = add(&route, &carol_token, group.group_id, carol.user_id).await;
+    assert_eq!(joined.status(), StatusCode::NO_CONTENT, "anyone may join");
+    assert_eq!(
+        member_names(&route, &carol_token, group.group_id).await,
+        ["alice", "bob", "carol", "dave"]
+    );
+}
+
+#[tokio::test]
+async fn groups_are_found_by_name_in_any_letter_case() {
+    let route = TestRoute::start().await;
+    let (_alice, alice_token) = route.user_with_token("alice").await;
+    let (_bob, bob_token) = route.user_with_token("bob").await;
+    let group = create_group(&route, &alice_token, "Team").await;
+
+    let response = route
+        .get("/api/v1/groups?name=TEAM", Some(&bob_token))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let found: GroupView = response.json().await.expect("a group");
+    assert_eq!(found, group);
+
+    let missing = route
+        .get("/api/v1/groups?name=nope", Some(&bob_token))
+        .await;
+    expect_error(missing, StatusCode::NOT_FOUND, "not_found").await;
+    let no_name = route.get("/api/v1/groups", Some(&bob_token)).await;
+    expect_error(no_name, StatusCode::BAD_REQUEST, "invalid_input").await;
+    let anonymous = route.get("/api/v1/groups?name=Team", None).await;
+    expect_error(anonymous, StatusCode::UNAUTHORIZED, "unauthenticated").await;
 }
 
 #[tokio::test]

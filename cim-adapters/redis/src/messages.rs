@@ -1,0 +1,525 @@
+//! [`RedisMessageStore`]: conversation logs, delivery cursors, history and schedules in Redis.
+//!
+//! Appending is one Lua script: the idempotency check (a hash per sender, `client_msg_id` ->
+//! entry), the conversation's next sequence (`INCR`, so gap-free under any concurrency) and the
+//! insertion into the conversation's log happen together, so a message is visible exactly when
+//! it and every earlier one are stored. Each log is a sorted set scored by sequence, which makes
+//! history slices and "everything above my cursor" single range reads.
+//!
+//! Keys, with `p = {ns}:msg:` and conversations in their text form (`d:1:2`, `g:7`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `p next_id`, `p next_scheduled` | counter | the last id given out |
+//! | `p seq:{conv}` | counter | the conversation's last sequence (never reset) |
+//! | `p log:{conv}` | sorted set by seq | entries `seq\nid\n<NewMessage JSON>` |
+//! | `p idem:{sender}` | hash | `client_msg_id` -> entry |
+//! | `p direct_of:{user}` | set | the user's direct conversations, for `pending` |
+//! | `p cursor:{user}` | hash | conversation -> acknowledged sequence |
+//! | `p scheduled` | hash | schedule id -> `ScheduledMessage` JSON |
+//! | `p due` | sorted set | schedule id -> when it may be claimed (ms) |
+//!
+//! Keyword search and retention are not offered (the capabilities say so): a naive scan of
+//! every log would not scale, and a proper inverted index is future work.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cim_core::registry::{BackendOptions, BuildFuture, MessageStoreFactory};
+use cim_core::{
+    Appended, ConversationId, Cursor, Error, GroupId, HistoryQuery, MessageCapabilities, MessageId,
+    MessageStore, NewMessage, Page, Result, ScheduledId, ScheduledMessage, Seq, StoredMessage,
+    Timestamp, UserId,
+};
+use redis::Script;
+
+use crate::RedisConfig;
+use crate::connection::{Redis, convert};
+
+/// ARGV: p, sender, client_msg_id, conv, new message JSON, low, high (direct only, else '').
+/// Returns {duplicate (0|1), entry}.
+const APPEND: &str = r#"
+local p, sender, cmid, conv, json, low, high = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local existing = redis.call('HGET', p .. 'idem:' .. sender, cmid)
+if existing then return {1, existing} end
+local seq = redis.call('INCR', p .. 'seq:' .. conv)
+local id = redis.call('INCR', p .. 'next_id')
+local entry = string.format('%d', seq) .. '\n' .. string.format('%d', id) .. '\n' .. json
+redis.call('ZADD', p .. 'log:' .. conv, seq, entry)
+redis.call('HSET', p .. 'idem:' .. sender, cmid, entry)
+if low ~= '' then
+  redis.call('SADD', p .. 'direct_of:' .. low, conv)
+  redis.call('SADD', p .. 'direct_of:' .. high, conv)
+end
+return {0, entry}
+"#;
+
+/// ARGV: p, user, conv, up_to. Returns the last sequence if up_to is beyond it, else -1.
+const ACK: &str = r#"
+local p, user, conv, up_to = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local last = tonumber(redis.call('GET', p .. 'seq:' .. conv) or '0')
+if up_to > last then return last end
+local current = tonumber(redis.call('HGET', p .. 'cursor:' .. user, conv) or '0')
+if up_to > current then redis.call('HSET', p .. 'cursor:' .. user, conv, ARGV[4]) end
+return -1
+"#;
+
+/// ARGV: p, message JSON, deliver_at. Returns the new schedule id.
+const SCHEDULE: &str = r#"
+local p = ARGV[1]
+local id = redis.call('INCR', p .. 'next_scheduled')
+local sid = string.format('%d', id)
+redis.call('HSET', p .. 'scheduled', sid, string.format('{"id":%s,"message":%s,"deliver_at":%s}', sid, ARGV[2], ARGV[3]))
+redis.call('ZADD', p .. 'due', ARGV[3], sid)
+return id
+"#;
+
+/// ARGV: p, now, claimed_until, limit. Returns the claimed entries' JSON.
+const CLAIM: &str = r#"
+local p = ARGV[1]
+local out = {}
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))) do
+  local json = redis.call('HGET', p .. 'scheduled', sid)
+  if json then
+    redis.call('ZADD', p .. 'due', ARGV[3], sid)
+    table.insert(out, json)
+  else
+    redis.call('ZREM', p .. 'due', sid)
+  end
+end
+return out
+"#;
+
+/// ARGV: p, id. Returns 1 if the entry existed.
+const FINISH: &str = r#"
+local p = ARGV[1]
+redis.call('ZREM', p .. 'due', ARGV[2])
+return redis.call('HDEL', p .. 'scheduled', ARGV[2])
+"#;
+
+/// How many log entries one read fetches while looking for pending messages.
+const PENDING_BATCH: u64 = 256;
+
+inventory::submit! {
+    MessageStoreFactory::new(
+        "redis",
+        "Redis: per-conversation sorted-set logs, idempotent append, cursors, schedules (no search, no retention)",
+        build,
+    )
+}
+
+fn build(options: BackendOptions) -> BuildFuture<dyn MessageStore> {
+    Box::pin(async move {
+        let config: RedisConfig = options.parse()?;
+        let store = RedisMessageStore::connect(&config, options.namespace()).await?;
+        Ok(Arc::new(store) as Arc<dyn MessageStore>)
+    })
+}
+
+struct Scripts {
+    append: Script,
+    ack: Script,
+    schedule: Script,
+    claim: Script,
+    finish: Script,
+}
+
+/// A [`MessageStore`] in Redis, shared by every node of a cluster.
+///
+/// Append, history, cursors and scheduling are supported; keyword search and retention are not.
+/// Messages outlive cim processes; whether they outlive a Redis restart is Redis's persistence
+/// configuration (enable AOF).
+pub struct RedisMessageStore {
+    redis: Redis,
+    prefix: String,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisMessageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisMessageStore")
+            .field("redis", &self.redis)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisMessageStore {
+    /// Connects to the Redis `config` names and keeps messages under `{namespace}:msg:`.
+    pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<RedisMessageStore> {
+        Ok(RedisMessageStore {
+            redis: Redis::connect(config).await?,
+            prefix: format!("{namespace}:msg:"),
+            scripts: Scripts {
+                append: Script::new(APPEND),
+                ack: Script::new(ACK),
+                schedule: Script::new(SCHEDULE),
+                claim: Script::new(CLAIM),
+                finish: Script::new(FINISH),
+            },
+        })
+    }
+
+    fn key(&self, kind: &str, name: impl std::fmt::Display) -> String {
+        format!("{}{kind}:{name}", self.prefix)
+    }
+
+    /// Log entries of `conversation` read by `command` (`ZRANGEBYSCORE` or `ZREVRANGEBYSCORE`).
+    async fn range(
+        &self,
+        conversation: ConversationId,
+        command: &str,
+        from: String,
+        to: String,
+        count: u64,
+    ) -> Result<Vec<StoredMessage>> {
+        let entries: Vec<String> = redis::cmd(command)
+            .arg(self.key("log", conversation))
+            .arg(from)
+            .arg(to)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "read conversation"))?;
+        entries.iter().map(|entry| decode_entry(entry)).collect()
+    }
+}
+
+fn malformed(what: &str) -> Error {
+    Error::internal(format!("a {what} stored in redis is malformed"))
+        .with_context("backend", "redis")
+}
+
+/// Decodes `seq\nid\n<NewMessage JSON>`.
+fn decode_entry(entry: &str) -> Result<StoredMessage> {
+    let mut parts = entry.splitn(3, '\n');
+    let (Some(seq), Some(id), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(malformed("message"));
+    };
+    let seq = seq.parse::<u64>().map_err(|_| malformed("message"))?;
+    let id = id.parse::<u64>().map_err(|_| malformed("message"))?;
+    let message: NewMessage = serde_json::from_str(json).map_err(|_| malformed("message"))?;
+    Ok(StoredMessage {
+        id: MessageId(id),
+        conversation: message.conversation(),
+        seq: Seq(seq),
+        sender: message.sender,
+        to: message.to,
+        client_msg_id: message.client_msg_id,
+        body: message.body,
+        sent_at: message.sent_at,
+    })
+}
+
+fn page_size(limit: u32) -> Result<u64> {
+    if limit == 0 {
+        return Err(Error::invalid_input("a page needs a limit of at least 1"));
+    }
+    Ok(u64::from(limit))
+}
+
+fn pending_cursor(message: &StoredMessage) -> Cursor {
+    Cursor(format!("{}/{}", message.conversation, message.seq))
+}
+
+fn parse_pending_cursor(Cursor(text): &Cursor) -> Result<(ConversationId, Seq)> {
+    let parsed = text
+        .rsplit_once('/')
+        .and_then(|(conversation, seq)| Some((conversation.parse().ok()?, seq.parse().ok()?)));
+    parsed.ok_or_else(|| {
+        Error::invalid_input(format!(
+            "cursor {text:?} was not returned by pending; pass back the previous page's cursor, \
+             or none for the first page"
+        ))
+    })
+}
+
+#[async_trait]
+impl MessageStore for RedisMessageStore {
+    fn capabilities(&self) -> MessageCapabilities {
+        let mut capabilities = MessageCapabilities::NONE;
+        capabilities.scheduling = true;
+        capabilities.durable = true;
+        capabilities
+    }
+
+    async fn append(&self, message: NewMessage) -> Result<Appended> {
+        message.validate()?;
+        let conversation = message.conversation();
+        let (low, high) = match conversation {
+            ConversationId::Direct { low, high } => (low.to_string(), high.to_string()),
+            ConversationId::Group(_) => (String::new(), String::new()),
+        };
+        let json = serde_json::to_string(&message)
+            .map_err(|e| Error::invalid_input("the message cannot be encoded").with_source(e))?;
+        let (duplicate, entry): (i64, String) = self
+            .scripts
+            .append
+            .arg(&self.prefix)
+            .arg(message.sender.0)
+            .arg(&message.client_msg_id)
+            .arg(conversation.to_string())
+            .arg(json)
+            .arg(low)
+            .arg(high)
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "append"))?;
+        Ok(Appended {
+            message: decode_entry(&entry)?,
+            duplicate: duplicate == 1,
+        })
+    }
+
+    async fn history(
+        &self,
+        conversation: ConversationId,
+        query: HistoryQuery,
+    ) -> Result<Vec<StoredMessage>> {
+        let limit = page_size(query.limit)?;
+        let bound = |seq: Seq| format!("({}", seq.0);
+        match (query.after, query.before) {
+            (None, None) => {
+                let mut messages = self
+                    .range(
+                        conversation,
+                        "ZREVRANGEBYSCORE",
+                        "+inf".into(),
+                        "-inf".into(),
+                        limit,
+                    )
+                    .await?;
+                messages.reverse();
+                Ok(messages)
+            }
+            (Some(after), None) => {
+                self.range(
+                    conversation,
+                    "ZRANGEBYSCORE",
+                    bound(after),
+                    "+inf".into(),
+                    limit,
+                )
+                .await
+            }
+            (None, Some(before)) => {
+                let mut messages = self
+                    .range(
+                        conversation,
+                        "ZREVRANGEBYSCORE",
+                        bound(before),
+                        "-inf".into(),
+                        limit,
+                    )
+                    .await?;
+                messages.reverse();
+                Ok(messages)
+            }
+            (Some(after), Some(before)) => {
+                self.range(
+                    conversation,
+                    "ZRANGEBYSCORE",
+                    bound(after),
+                    bound(before),
+                    limit,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn last_seq(&self, conversation: ConversationId) -> Result<Seq> {
+        let last: Option<u64> = redis::cmd("GET")
+            .arg(self.key("seq", conversation))
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "last sequence"))?;
+        Ok(Seq(last.unwrap_or(0)))
+    }
+
+    async fn pending(
+        &self,
+        user: UserId,
+        groups: &[GroupId],
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<StoredMessage>> {
+        let limit = usize::try_from(page_size(limit)?).unwrap_or(usize::MAX);
+        let resume = cursor.map(parse_pending_cursor).transpose()?;
+        let direct: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("direct_of", user))
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "pending"))?;
+        let mut conversations = BTreeSet::new();
+        for text in &direct {
+            conversations.insert(
+                text.parse::<ConversationId>()
+                    .map_err(|_| malformed("conversation"))?,
+            );
+        }
+        conversations.extend(groups.iter().map(|group| ConversationId::Group(*group)));
+        let acknowledged: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(self.key("cursor", user))
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "pending"))?;
+
+        // One more than a page, to know whether another page follows.
+        let mut items: Vec<StoredMessage> = Vec::new();
+        let wanted = limit + 1;
+        let start = resume.map(|(conversation, _)| conversation);
+        for conversation in conversations
+            .into_iter()
+            .filter(|c| start.is_none_or(|start| *c >= start))
+        {
+            let mut after = acknowledged
+                .get(&conversation.to_string())
+                .copied()
+                .unwrap_or(0);
+            if let Some((resumed, seq)) = resume
+                && resumed == conversation
+            {
+                after = after.max(seq.0);
+            }
+            while items.len() < wanted {
+                let batch = self
+                    .range(
+                        conversation,
+                        "ZRANGEBYSCORE",
+                        format!("({after}"),
+                        "+inf".into(),
+                        PENDING_BATCH,
+                    )
+                    .await?;
+                let full = batch.len() as u64 == PENDING_BATCH;
+                if let Some(last) = batch.last() {
+                    after = last.seq.0;
+                }
+                items.extend(batch.into_iter().filter(|m| m.sender != user));
+                if !full {
+                    break;
+                }
+            }
+            if items.len() >= wanted {
+                break;
+            }
+        }
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next = items.last().filter(|_| more).map(pending_cursor);
+        Ok(Page { items, next })
+    }
+
+    async fn ack(&self, user: UserId, conversation: ConversationId, up_to: Seq) -> Result<()> {
+        let last: i64 = self
+            .scripts
+            .ack
+            .arg(&self.prefix)
+            .arg(user.0)
+            .arg(conversation.to_string())
+            .arg(up_to.0)
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "ack"))?;
+        if last >= 0 {
+            return Err(Error::invalid_input(format!(
+                "cannot acknowledge {conversation} up to {up_to}: its last message is {last}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delivered_up_to(&self, user: UserId, conversation: ConversationId) -> Result<Seq> {
+        let seq: Option<u64> = redis::cmd("HGET")
+            .arg(self.key("cursor", user))
+            .arg(conversation.to_string())
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "delivery cursor"))?;
+        Ok(Seq(seq.unwrap_or(0)))
+    }
+
+    async fn search(
+        &self,
+        _user: UserId,
+        _groups: &[GroupId],
+        _query: &str,
+        _cursor: Option<&Cursor>,
+        _limit: u32,
+    ) -> Result<Page<StoredMessage>> {
+        Err(Error::unsupported("message search on redis"))
+    }
+
+    async fn delete_before(&self, _cutoff: Timestamp) -> Result<u64> {
+        Err(Error::unsupported("message retention on redis"))
+    }
+
+    async fn schedule(
+        &self,
+        message: NewMessage,
+        deliver_at: Timestamp,
+    ) -> Result<ScheduledMessage> {
+        message.validate()?;
+        let json = serde_json::to_string(&message)
+            .map_err(|e| Error::invalid_input("the message cannot be encoded").with_source(e))?;
+        let id: u64 = self
+            .scripts
+            .schedule
+            .arg(&self.prefix)
+            .arg(json)
+            .arg(deliver_at.0)
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "schedule"))?;
+        Ok(ScheduledMessage {
+            id: ScheduledId(id),
+            message,
+            deliver_at,
+        })
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<ScheduledMessage>> {
+        let limit = page_size(limit)?;
+        let claimed: Vec<String> = self
+            .scripts
+            .claim
+            .arg(&self.prefix)
+            .arg(now.0)
+            .arg(now.plus(claim_for).0)
+            .arg(limit)
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "claim scheduled messages"))?;
+        claimed
+            .iter()
+            .map(|json| serde_json::from_str(json).map_err(|_| malformed("scheduled message")))
+            .collect()
+    }
+
+    async fn finish_scheduled(&self, id: ScheduledId) -> Result<()> {
+        let removed: i64 = self
+            .scripts
+            .finish
+            .arg(&self.prefix)
+            .arg(id.0)
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "finish scheduled message"))?;
+        if removed == 0 {
+            return Err(Error::not_found(format!(
+                "scheduled message {id} does not exist (finished already, or never scheduled)"
+            )));
+        }
+        Ok(())
+    }
+}
