@@ -1,0 +1,214 @@
+//! A real multi-process cluster: one `cim route` and two `cim server` processes sharing Redis
+//! (discovery, sessions) and PostgreSQL (accounts, messages), configured by a file alone, as a
+//! deployment runs them. Users on different servers chat; a server is killed with SIGKILL and
+//! its user comes back through the other server without losing a message.
+
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cim_backend_fixtures::{postgres, redis};
+use cim_client::{Client, ClientBuilder, Event, Events, ReconnectPolicy};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+
+/// Bound on any single step, so a bug fails the test instead of hanging it.
+const STEP: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Starts `cim <role>` with `config` and waits for the line announcing it runs.
+async fn start(role: &str, config: &Path, env: &[(&str, String)], ready: &str) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cim"));
+    command
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .env("CIM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("the cim binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    timeout(STEP, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if line.contains(ready) {
+                return;
+            }
+        }
+        panic!("cim {role} exited before printing {ready:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("cim {role} prints {ready:?}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// A server's environment: its id and ports.
+fn server_env(id: &str, port: u16, internal: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("CIM_SERVER__ID", id.to_string()),
+        ("CIM_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "CIM_SERVER__INTERNAL_LISTEN",
+            format!("127.0.0.1:{internal}"),
+        ),
+    ]
+}
+
+async fn connect(route: &str, name: &str) -> (Client, Events) {
+    let client = ClientBuilder::new(route)
+        .credentials(name, "correct horse")
+        .register(true)
+        .reconnect(ReconnectPolicy::default())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+    let events = client.events().expect("the event stream is taken once");
+    (client, events)
+}
+
+async fn next_body(events: &mut Events) -> String {
+    timeout(STEP, async {
+        loop {
+            match events.recv().await {
+                Some(Event::Message(message)) => return message.body,
+                Some(_) => continue,
+                None => panic!("the event stream ended"),
+            }
+        }
+    })
+    .await
+    .expect("a message arrives")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_and_a_route_on_redis_and_postgres_survive_losing_a_server() {
+    let Some(redis) = tokio::task::spawn_blocking(redis::redis)
+        .await
+        .expect("fixture task")
+    else {
+        return;
+    };
+    let Some(postgres) = tokio::task::spawn_blocking(postgres::postgres)
+        .await
+        .expect("fixture task")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = dir.path().join("cim.toml");
+    let route_port = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+namespace = "cluster_test"
+[auth]
+secret = "{secret}"
+[meta]
+backend = "redis"
+url = "{redis}"
+ttl = "2s"
+[sessions]
+backend = "redis"
+url = "{redis}"
+ttl = "3s"
+[accounts]
+backend = "postgres"
+url = "{postgres}"
+[messages]
+backend = "postgres"
+url = "{postgres}"
+[balancer]
+strategy = "round_robin"
+[server]
+session_refresh = "1s"
+load_report = "1s"
+[route]
+listen = "127.0.0.1:{route_port}"
+"#,
+            secret = "x".repeat(32),
+            redis = redis.url(),
+            postgres = postgres.url(),
+        ),
+    )
+    .expect("write the config");
+
+    let (one, one_internal, two, two_internal) =
+        (free_port(), free_port(), free_port(), free_port());
+    let mut node_one = start(
+        "server",
+        &config,
+        &server_env("node-1", one, one_internal),
+        "is running",
+    )
+    .await;
+    let _node_two = start(
+        "server",
+        &config,
+        &server_env("node-2", two, two_internal),
+        "is running",
+    )
+    .await;
+    let _route = start("route", &config, &[], "is running").await;
+    let route_url = format!("http://127.0.0.1:{route_port}");
+
+    // Round robin over two servers: two logins in a row land on different servers.
+    let (alice, mut alice_events) = connect(&route_url, "alice").await;
+    let (bob, mut bob_events) = connect(&route_url, "bob").await;
+    let alice_server = alice.info();
+    let bob_server = bob.info();
+    assert_ne!(
+        alice_server.server_id, bob_server.server_id,
+        "round robin puts alice and bob on different servers"
+    );
+
+    alice
+        .send_to_user(bob_server.user_id, "across servers")
+        .await
+        .expect("sent");
+    assert_eq!(next_body(&mut bob_events).await, "across servers");
+    bob.send_to_user(alice_server.user_id, "and back")
+        .await
+        .expect("sent");
+    assert_eq!(next_body(&mut alice_events).await, "and back");
+
+    // Kill the server of whoever is on node-1; the other keeps sending meanwhile.
+    let on_one = alice_server.server_id == "node-1";
+    let (victim, mut victim_events, survivor) = if on_one {
+        (alice, alice_events, bob)
+    } else {
+        (bob, bob_events, alice)
+    };
+    node_one.start_kill().expect("SIGKILL node-1");
+    let _ = node_one.wait().await;
+    for i in 0..20 {
+        survivor
+            .send_to_user(victim.info().user_id, format!("during the outage {i}"))
+            .await
+            .expect("stored while the recipient's server is down");
+    }
+    for i in 0..20 {
+        assert_eq!(
+            next_body(&mut victim_events).await,
+            format!("during the outage {i}"),
+            "every message arrives, in order, after the reconnect"
+        );
+    }
+    assert_eq!(
+        victim.info().server_id,
+        "node-2",
+        "the victim reconnected to the surviving server"
+    );
+}
