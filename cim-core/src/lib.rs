@@ -43,6 +43,7 @@ pub mod load_balancer;
 pub mod message_store;
 pub mod meta_store;
 mod model;
+pub mod paging;
 pub mod registry;
 mod secret;
 pub mod session_store;

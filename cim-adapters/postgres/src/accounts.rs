@@ -22,7 +22,7 @@ use sqlx::FromRow;
 use crate::PostgresStore;
 use crate::columns::{int, unsigned};
 use crate::error::{During, unique_error};
-use crate::paging::{fetch_size, id_cursor, into_page};
+use cim_core::paging::{fetch_size, id_cursor, into_page};
 
 #[derive(FromRow)]
 struct UserRow {

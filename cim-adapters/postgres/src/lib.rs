@@ -33,7 +33,6 @@ mod config;
 mod error;
 mod messages;
 mod meta;
-mod paging;
 mod sessions;
 
 use std::fmt;

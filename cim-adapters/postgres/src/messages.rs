@@ -35,7 +35,7 @@ use sqlx::FromRow;
 use crate::PostgresStore;
 use crate::columns::{conversation, int, recipient, recipient_columns, unsigned};
 use crate::error::During;
-use crate::paging::{
+use cim_core::paging::{
     checked_limit, fetch_size, id_cursor, into_page, parse_pending_cursor, pending_cursor,
 };
 

@@ -24,8 +24,8 @@ use sqlx::FromRow;
 
 use crate::columns::{int, unsigned};
 use crate::error::During;
-use crate::paging::{fetch_size, id_cursor, into_page};
 use crate::{PostgresConfig, PostgresStore};
+use cim_core::paging::{fetch_size, id_cursor, into_page};
 
 /// How long sessions outlive their server's last refresh when the section sets no `ttl`.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(30);

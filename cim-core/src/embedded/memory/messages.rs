@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use crate::paging::{self, parse_pending_cursor};
 use crate::registry::{BackendOptions, BuildFuture, MessageStoreFactory};
 use crate::{
     Appended, ConversationId, Cursor, Error, GroupId, HistoryQuery, MessageCapabilities, MessageId,
@@ -140,21 +141,9 @@ fn page_size(limit: u32) -> Result<usize> {
     Ok(usize::try_from(limit).unwrap_or(usize::MAX))
 }
 
-/// The pending cursor of `message`: `<conversation>/<seq>`, e.g. `d:1:2/17`.
+/// The pending cursor of `message` (see [`paging::pending_cursor`]).
 fn pending_cursor(message: &StoredMessage) -> Cursor {
-    Cursor(format!("{}/{}", message.conversation, message.seq))
-}
-
-fn parse_pending_cursor(Cursor(text): &Cursor) -> Result<(ConversationId, Seq)> {
-    let parsed = text
-        .rsplit_once('/')
-        .and_then(|(conversation, seq)| Some((conversation.parse().ok()?, seq.parse().ok()?)));
-    parsed.ok_or_else(|| {
-        Error::invalid_input(format!(
-            "cursor {text:?} was not returned by pending; pass back the previous page's cursor, \
-             or none for the first page"
-        ))
-    })
+    Cursor(paging::pending_cursor(message.conversation, message.seq))
 }
 
 fn parse_search_cursor(Cursor(text): &Cursor) -> Result<MessageId> {

@@ -18,7 +18,7 @@ use sqlx::FromRow;
 use super::SqliteStore;
 use super::columns::{int, unsigned};
 use super::error::{During, unique_error};
-use super::paging::{fetch_size, id_cursor, into_page};
+use crate::paging::{fetch_size, id_cursor, into_page};
 use crate::{
     AccountCapabilities, AccountStore, Cursor, Error, Group, GroupId, NewGroup, NewUser, Page,
     PasswordHash, Result, Timestamp, User, UserId, canonical_name,

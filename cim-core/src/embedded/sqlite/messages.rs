@@ -30,7 +30,7 @@ use sqlx::FromRow;
 use super::SqliteStore;
 use super::columns::{conversation, int, recipient, recipient_columns, unsigned};
 use super::error::During;
-use super::paging::{
+use crate::paging::{
     checked_limit, fetch_size, id_cursor, into_page, parse_pending_cursor, pending_cursor,
 };
 use crate::{

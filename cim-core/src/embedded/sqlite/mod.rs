@@ -35,7 +35,6 @@ mod accounts;
 mod columns;
 mod error;
 mod messages;
-mod paging;
 
 use std::collections::HashMap;
 use std::fmt;

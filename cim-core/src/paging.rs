@@ -1,14 +1,18 @@
-//! Cursor pagination over SQL: page sizes and the cursors' text forms.
+//! Cursor pagination helpers for backends: page sizes and the cursors' text forms.
+//!
+//! Shared by the SQL backends (sqlite here, the postgres adapter) so that every backend reads
+//! and writes the same cursor forms and refuses a limit of 0 the same way.
 //!
 //! A page query fetches one row more than the page holds; that extra row only says whether a
 //! next page exists, so the last page never comes with a cursor to an empty page. A cursor is
 //! the sort key of the last item returned, so the next query starts strictly after it: pages
 //! stay complete and duplicate-free while rows are added or removed elsewhere in the listing.
 
-use cim_core::{ConversationId, Cursor, Error, Page, Result, Seq};
+use crate::{ConversationId, Cursor, Error, Page, Result, Seq};
 
-/// `limit` as an SQL `LIMIT`; a limit of 0 is refused, as the contracts say.
-pub(crate) fn checked_limit(limit: u32) -> Result<i64> {
+/// `limit` as an SQL `LIMIT`; a limit of 0 is refused ([`InvalidInput`](crate::ErrorKind)), as
+/// the contracts say.
+pub fn checked_limit(limit: u32) -> Result<i64> {
     if limit == 0 {
         return Err(Error::invalid_input("limit must be at least 1"));
     }
@@ -16,17 +20,13 @@ pub(crate) fn checked_limit(limit: u32) -> Result<i64> {
 }
 
 /// How many rows to fetch for a page of `limit` items: one more. A limit of 0 is refused.
-pub(crate) fn fetch_size(limit: u32) -> Result<i64> {
+pub fn fetch_size(limit: u32) -> Result<i64> {
     Ok(checked_limit(limit)? + 1)
 }
 
 /// The page of at most `limit` of `rows` (fetched with [`fetch_size`]), with a cursor made by
 /// `cursor_of` from its last item when more rows follow.
-pub(crate) fn into_page<T>(
-    mut rows: Vec<T>,
-    limit: u32,
-    cursor_of: impl Fn(&T) -> String,
-) -> Page<T> {
+pub fn into_page<T>(mut rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Page<T> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > limit;
     rows.truncate(limit);
@@ -38,21 +38,21 @@ pub(crate) fn into_page<T>(
 }
 
 /// The id in a cursor made from a numeric id by `listing`; anything else is `InvalidInput`.
-pub(crate) fn id_cursor(cursor: Option<&Cursor>, listing: &str) -> Result<u64> {
+pub fn id_cursor(cursor: Option<&Cursor>, listing: &str) -> Result<u64> {
     match cursor {
         None => Ok(0),
         Some(Cursor(text)) => text.parse::<u64>().map_err(|_| bad_cursor(text, listing)),
     }
 }
 
-/// The text form of a [`pending`](cim_core::MessageStore::pending) cursor: `<conversation>/<seq>`,
+/// The text form of a [`pending`](crate::MessageStore::pending) cursor: `<conversation>/<seq>`,
 /// e.g. `d:1:2/17`.
-pub(crate) fn pending_cursor(conversation: ConversationId, seq: Seq) -> String {
+pub fn pending_cursor(conversation: ConversationId, seq: Seq) -> String {
     format!("{conversation}/{seq}")
 }
 
 /// Parses a [`pending_cursor`].
-pub(crate) fn parse_pending_cursor(cursor: &Cursor) -> Result<(ConversationId, Seq)> {
+pub fn parse_pending_cursor(cursor: &Cursor) -> Result<(ConversationId, Seq)> {
     let text = &cursor.0;
     let (conversation, seq) = text
         .rsplit_once('/')
@@ -76,7 +76,7 @@ fn bad_cursor(text: &str, listing: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cim_core::{ErrorKind, GroupId, UserId};
+    use crate::{ErrorKind, GroupId, UserId};
 
     #[test]
     fn a_limit_of_zero_is_invalid_input() {
