@@ -23,10 +23,13 @@
 //! }
 //! ```
 
+pub mod consul;
 mod error;
+pub mod etcd;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod zookeeper;
 
 pub use error::FixtureError;
 pub use redis::{RedisServer, RedisTarget};

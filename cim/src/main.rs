@@ -111,8 +111,11 @@ fn client_error(error: cim_client::ClientError) -> cim_core::Error {
 }
 
 fn main() -> ExitCode {
+    cim_adapter_consul::link();
+    cim_adapter_etcd::link();
     cim_adapter_postgres::link();
     cim_adapter_redis::link();
+    cim_adapter_zookeeper::link();
     let cli = Cli::parse();
     // Log lines on the chat screen would break the prompt, and the client shows connection
     // changes itself: it logs only errors unless asked for more.

@@ -3,94 +3,10 @@
 //! deployment runs them. Users on different servers chat; a server is killed with SIGKILL and
 //! its user comes back through the other server without losing a message.
 
-use std::net::TcpListener as StdListener;
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
+mod common;
 
 use cim_backend_fixtures::{postgres, redis};
-use cim_client::{Client, ClientBuilder, Event, Events, ReconnectPolicy};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::time::timeout;
-
-/// Bound on any single step, so a bug fails the test instead of hanging it.
-const STEP: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Starts `cim <role>` with `config` and waits for the line announcing it runs.
-async fn start(role: &str, config: &Path, env: &[(&str, String)], ready: &str) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cim"));
-    command
-        .arg(role)
-        .arg("--config")
-        .arg(config)
-        .env("CIM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("the cim binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    timeout(STEP, async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if line.contains(ready) {
-                return;
-            }
-        }
-        panic!("cim {role} exited before printing {ready:?}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("cim {role} prints {ready:?}"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
-}
-
-/// A server's environment: its id and ports.
-fn server_env(id: &str, port: u16, internal: u16) -> Vec<(&'static str, String)> {
-    vec![
-        ("CIM_SERVER__ID", id.to_string()),
-        ("CIM_SERVER__LISTEN", format!("127.0.0.1:{port}")),
-        (
-            "CIM_SERVER__INTERNAL_LISTEN",
-            format!("127.0.0.1:{internal}"),
-        ),
-    ]
-}
-
-async fn connect(route: &str, name: &str) -> (Client, Events) {
-    let client = ClientBuilder::new(route)
-        .credentials(name, "correct horse")
-        .register(true)
-        .reconnect(ReconnectPolicy::default())
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
-    let events = client.events().expect("the event stream is taken once");
-    (client, events)
-}
-
-async fn next_body(events: &mut Events) -> String {
-    timeout(STEP, async {
-        loop {
-            match events.recv().await {
-                Some(Event::Message(message)) => return message.body,
-                Some(_) => continue,
-                None => panic!("the event stream ended"),
-            }
-        }
-    })
-    .await
-    .expect("a message arrives")
-}
+use common::{connect, free_port, next_body, server_env, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_and_a_route_on_redis_and_postgres_survive_losing_a_server() {

@@ -1,0 +1,166 @@
+//! Starting the peers (NATS, Mosquitto, Redis) and the relay: one process each, pinned to the
+//! server core from the start, configured for the bench's load (no connection caps, no
+//! persistence, warnings-only logs, no disconnection of busy subscribers by buffer limits).
+//! Users and groups need no setup: a user is the subject `u.<index>`, a group `g.<index>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::{Deployment, Env, Plan, Server, SystemKind, User};
+use crate::process::{Proc, Spawn, accepts, find_program, free_port};
+
+/// Starts `kind` (not cim) for `plan`.
+pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployment> {
+    let dir = env.deployment_dir(kind.name())?;
+    let log = dir.as_path().join(format!("{}.log", kind.name()));
+    let cpus = env.pinning.server_cpus.clone();
+    let mut notes = Vec::new();
+    let (proc, addr) = match kind {
+        SystemKind::Relay => {
+            let mut proc = Proc::spawn(Spawn {
+                name: "relay".into(),
+                program: &env.self_bin,
+                args: vec!["relay".into(), "--listen".into(), "127.0.0.1:0".into()],
+                env: Vec::new(),
+                cpus,
+                log,
+            })?;
+            let line = proc
+                .wait_for_line("relay listening on", env.ready_timeout)
+                .await?;
+            let addr = parse_addr_after(&line, "relay listening on")?;
+            (proc, addr)
+        }
+        SystemKind::Nats => {
+            let port = free_port()?;
+            let program = program("nats-server")?;
+            let proc = Proc::spawn(Spawn {
+                name: "nats-server".into(),
+                program: &program,
+                args: vec![
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    port.to_string(),
+                ],
+                env: Vec::new(),
+                cpus,
+                log,
+            })?;
+            (proc, loopback(port))
+        }
+        SystemKind::Mosquitto => {
+            let port = free_port()?;
+            let program = program("mosquitto")?;
+            let config = dir.as_path().join("mosquitto.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "listener {port} 127.0.0.1\n\
+                     allow_anonymous true\n\
+                     persistence false\n\
+                     max_connections -1\n\
+                     set_tcp_nodelay true\n\
+                     log_dest stderr\n\
+                     log_type error\n\
+                     log_type warning\n"
+                ),
+            )?;
+            notes.push("MQTT 3.1.1, QoS 0, clean sessions".to_string());
+            let proc = Proc::spawn(Spawn {
+                name: "mosquitto".into(),
+                program: &program,
+                args: vec!["-c".into(), config.display().to_string()],
+                env: Vec::new(),
+                cpus,
+                log,
+            })?;
+            (proc, loopback(port))
+        }
+        SystemKind::Redis => {
+            let port = free_port()?;
+            let program = program("redis-server")?;
+            notes.push("pub/sub; client-output-buffer-limit pubsub 0 0 0".to_string());
+            let proc = Proc::spawn(Spawn {
+                name: "redis-server".into(),
+                program: &program,
+                args: [
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--maxclients",
+                    "1000000",
+                    "--client-output-buffer-limit",
+                    "pubsub 0 0 0",
+                    "--loglevel",
+                    "warning",
+                    "--dir",
+                    &dir.as_path().display().to_string(),
+                ]
+                .map(String::from)
+                .to_vec(),
+                env: Vec::new(),
+                cpus,
+                log,
+            })?;
+            (proc, loopback(port))
+        }
+        SystemKind::Cim => anyhow::bail!("cim is deployed by systems::cim"),
+    };
+    let mut server = Server { addr, proc };
+    server
+        .proc
+        .wait_until("accepting connections", env.ready_timeout, || accepts(addr))
+        .await?;
+    let users = (0..plan.users)
+        .map(|i| User {
+            name: format!("u{i}"),
+            address: i as u64,
+            server: 0,
+            token: None,
+        })
+        .collect();
+    Ok(Deployment {
+        kind,
+        servers: vec![server],
+        others: Vec::new(),
+        shared_pids: Vec::new(),
+        users,
+        groups: (0..plan.groups.len() as u64).collect(),
+        route_url: None,
+        notes,
+        password: String::new(),
+        dir,
+        pin_before_measuring: None,
+    })
+}
+
+fn program(name: &str) -> Result<PathBuf> {
+    find_program(name).with_context(|| format!("{name} is not installed"))
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The socket address printed after `prefix` on `line`.
+pub fn parse_addr_after(line: &str, prefix: &str) -> Result<SocketAddr> {
+    let rest = line
+        .split_once(prefix)
+        .map(|(_, rest)| rest.trim())
+        .with_context(|| format!("no address in {line:?}"))?;
+    let word = rest
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("http://");
+    word.parse()
+        .with_context(|| format!("{word:?} (from {line:?}) is not an address"))
+}

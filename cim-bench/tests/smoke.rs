@@ -1,0 +1,131 @@
+//! The smoke run CI does: `cim-bench run --smoke --systems cim,relay --json` against the debug
+//! `cim` binary, checked for what must hold at any size: every workload ran on cim, every run
+//! moved messages (or logged clients in), and nothing was lost.
+//!
+//! It needs the `cim` binary next to `cim-bench` (built here with `cargo build -p cim` when
+//! missing) and `redis-server` (cim's large workloads and its cluster use a Redis; install it
+//! with `apt-get install redis-server`). Without `redis-server` the test says so and passes,
+//! except under CI (`CI` set), where it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The `cim` binary of the same build, built if missing.
+fn cim_binary(bench: &Path) -> PathBuf {
+    let dir = bench.parent().expect("the bench binary has a directory");
+    let cim = dir.join("cim");
+    if !cim.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "cim"]);
+        if dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "`cargo build -p cim` failed");
+    }
+    assert!(
+        cim.is_file(),
+        "the cim binary is not at {} (build it with `cargo build -p cim`)",
+        cim.display()
+    );
+    cim
+}
+
+fn redis_installed() -> bool {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    dirs.push(PathBuf::from("/usr/sbin"));
+    dirs.iter().any(|dir| dir.join("redis-server").is_file())
+}
+
+fn metric(run: &Value, name: &str) -> f64 {
+    run["metrics"][name].as_f64().unwrap_or(f64::NAN)
+}
+
+#[test]
+fn the_smoke_run_moves_messages_on_every_workload_and_loses_none() {
+    if !redis_installed() {
+        let why = "cim-bench's smoke test needs redis-server (apt-get install redis-server)";
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_cim-bench"));
+    let cim = cim_binary(&bench);
+    let cache = tempfile::tempdir().expect("a cache directory");
+    let output = Command::new(&bench)
+        .args([
+            "run",
+            "--smoke",
+            "--systems",
+            "cim,relay",
+            "--json",
+            "--quiet",
+        ])
+        .arg("--cim-bin")
+        .arg(&cim)
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .output()
+        .expect("cim-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("the output is one JSON document ({e}); stderr:\n{stderr}"));
+    let runs = report["runs"].as_array().expect("runs");
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .map(|r| {
+            format!(
+                "{} {} / {}: {}",
+                r["workload"], r["case"], r["system"], r["reason"]
+            )
+        })
+        .collect();
+    assert!(failed.is_empty(), "runs failed:\n{}", failed.join("\n"));
+    for workload in ["W1", "W2", "W3", "W4", "W5", "W6"] {
+        let ok: Vec<&Value> = runs
+            .iter()
+            .filter(|r| r["workload"] == workload && r["status"] == "ok")
+            .collect();
+        assert!(
+            ok.iter().any(|r| r["system"] == "cim"),
+            "{workload} ran on cim"
+        );
+        if workload != "W6" {
+            assert!(
+                ok.iter().any(|r| r["system"] == "relay"),
+                "{workload} ran on the relay"
+            );
+        }
+        for run in ok {
+            let what = format!("{workload} {} / {}", run["case"], run["system"]);
+            let count = match workload {
+                "W3" => metric(run, "logins"),
+                "W4" => metric(run, "connections"),
+                _ => metric(run, "deliveries"),
+            };
+            assert!(count > 0.0, "{what}: nothing happened ({run})");
+            assert_eq!(metric(run, "lost"), 0.0, "{what}: messages lost ({run})");
+            if workload == "W6" {
+                assert_eq!(
+                    metric(run, "lost_acked"),
+                    0.0,
+                    "{what}: acknowledged messages lost"
+                );
+                assert_eq!(metric(run, "duplicates"), 0.0, "{what}: duplicates shown");
+            }
+        }
+    }
+    assert!(
+        report["summary"]
+            .as_array()
+            .is_some_and(|rows| !rows.is_empty()),
+        "the JSON has a summary"
+    );
+}
