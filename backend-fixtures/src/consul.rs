@@ -19,8 +19,8 @@
 
 pub mod standin;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, Once, PoisonError, Weak};
@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::FixtureError;
-use crate::process::{find_program, free_port, kill, spawn_logged, wait_ready};
+use crate::process::{ask, find_program, free_port, kill, spawn_ready, temp_dir};
+use crate::{FixtureError, Server, Target};
 pub use standin::{ConsulStandIn, StandInOptions};
 
 /// The environment variable naming an existing Consul agent's HTTP address
@@ -62,10 +62,7 @@ impl ConsulAgent {
             install: "the consul binary from https://developer.hashicorp.com/consul/install",
             env: CONSUL_HTTP_ADDR_ENV,
         })?;
-        let dir = tempfile::Builder::new()
-            .prefix("cim-consul-")
-            .tempdir()
-            .map_err(|source| FixtureError::io("a temporary directory for consul", source))?;
+        let dir = temp_dir("consul")?;
         let http_port = free_port()?;
         // Every port the dev agent would open by default gets a free one (or none), so that
         // several agents can run at once. `grpc_tls` (8503 in dev mode) exists since 1.14;
@@ -129,15 +126,10 @@ impl ConsulAgent {
             .args(["-node", "cim-test"])
             .arg("-config-file")
             .arg(self.dir.path().join("cim-test.hcl"));
-        let mut child = spawn_logged(command, &log)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.http_port));
         let what = format!("consul agent -dev on {addr}");
-        let ready = wait_ready(&what, &mut child, &log, || has_leader(addr));
-        self.child = Some(child);
-        if ready.is_err() {
-            self.stop();
-        }
-        ready
+        self.child = Some(spawn_ready(&what, command, &log, || has_leader(addr))?);
+        Ok(())
     }
 }
 
@@ -169,20 +161,10 @@ fn knows_grpc_tls(program: &Path) -> bool {
 
 /// Whether the agent at `addr` answers `GET /v1/status/leader` with a leader's address.
 fn has_leader(addr: SocketAddr) -> bool {
-    let timeout = Duration::from_millis(500);
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+    let request = "GET /v1/status/leader HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    let Some(reply) = ask(addr, request.as_bytes()) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let request = "GET /v1/status/leader HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut reply = String::new();
-    if stream.read_to_string(&mut reply).is_err() {
-        return false;
-    }
     let Some((head, body)) = reply.split_once("\r\n\r\n") else {
         return false;
     };
@@ -190,56 +172,69 @@ fn has_leader(addr: SocketAddr) -> bool {
     head.split_whitespace().nth(1) == Some("200") && body.starts_with('"') && body.len() > 2
 }
 
-/// The Consul a test runs against.
+/// A Consul this process started and owns: a real agent, or the stand-in.
 #[derive(Debug)]
-pub enum ConsulTarget {
-    /// A `consul agent -dev` this process started and owns.
+pub enum ConsulServer {
+    /// A `consul agent -dev`.
     Agent(ConsulAgent),
-    /// cim's stand-in for Consul's HTTP API (**not Consul**), owned by this process.
+    /// cim's stand-in for Consul's HTTP API (**not Consul**).
     StandIn(ConsulStandIn),
-    /// An existing agent, from [`CONSUL_HTTP_ADDR_ENV`].
-    External {
-        /// Its HTTP address, as given.
-        address: String,
-    },
 }
 
-impl ConsulTarget {
-    /// The HTTP address to connect to.
-    pub fn address(&self) -> String {
-        match self {
-            ConsulTarget::Agent(agent) => agent.address(),
-            ConsulTarget::StandIn(stand_in) => stand_in.address(),
-            ConsulTarget::External { address } => address.clone(),
-        }
-    }
-
-    /// Whether this is the stand-in rather than a real Consul.
-    pub fn is_stand_in(&self) -> bool {
-        matches!(self, ConsulTarget::StandIn(_))
-    }
-
-    /// Whether this process owns the server, so that a test may stop and restart it.
-    pub fn is_owned(&self) -> bool {
-        !matches!(self, ConsulTarget::External { .. })
-    }
-
-    /// Stops an owned server at once, as a crash would; does nothing to an external one.
+impl ConsulServer {
+    /// Stops it at once, as a crash would.
     pub fn stop(&mut self) {
         match self {
-            ConsulTarget::Agent(agent) => agent.stop(),
-            ConsulTarget::StandIn(stand_in) => stand_in.stop(),
-            ConsulTarget::External { .. } => {}
+            ConsulServer::Agent(agent) => agent.stop(),
+            ConsulServer::StandIn(stand_in) => stand_in.stop(),
         }
     }
 
-    /// Restarts an owned server on the same address, empty; does nothing to an external one.
+    /// Restarts it on the same address, empty.
     pub fn restart(&mut self) -> Result<(), FixtureError> {
         match self {
-            ConsulTarget::Agent(agent) => agent.restart(),
-            ConsulTarget::StandIn(stand_in) => stand_in.restart(),
-            ConsulTarget::External { .. } => Ok(()),
+            ConsulServer::Agent(agent) => agent.restart(),
+            ConsulServer::StandIn(stand_in) => stand_in.restart(),
         }
+    }
+
+    /// A dev agent if `consul` is installed, else the stand-in (announced on stderr once per
+    /// process).
+    fn start() -> Result<ConsulServer, FixtureError> {
+        if find_program("consul", &[]).is_some() {
+            return ConsulAgent::start().map(ConsulServer::Agent);
+        }
+        static NOTE: Once = Once::new();
+        NOTE.call_once(|| {
+            // Straight to stderr, not `eprintln!`: the harness captures the macros' output of
+            // passing tests, and this must be seen.
+            let _ = writeln!(std::io::stderr(), "{STAND_IN_NOTE}");
+        });
+        ConsulStandIn::start_with(stand_in_options()).map(ConsulServer::StandIn)
+    }
+}
+
+impl Server for ConsulServer {
+    const NAME: &'static str = "Consul";
+    const ENV: &'static str = CONSUL_HTTP_ADDR_ENV;
+
+    /// The HTTP address, `http://127.0.0.1:PORT`.
+    fn address(&self) -> String {
+        match self {
+            ConsulServer::Agent(agent) => agent.address(),
+            ConsulServer::StandIn(stand_in) => stand_in.address(),
+        }
+    }
+}
+
+/// The Consul a test runs against: an agent or stand-in this process started, or an existing
+/// agent named by [`CONSUL_HTTP_ADDR_ENV`] (its HTTP address is the [`Target::address`]).
+pub type ConsulTarget = Target<ConsulServer>;
+
+impl ConsulTarget {
+    /// Whether this is the stand-in rather than a real Consul.
+    pub fn is_stand_in(&self) -> bool {
+        matches!(self, Target::Started(ConsulServer::StandIn(_)))
     }
 }
 
@@ -254,20 +249,7 @@ pub fn stand_in_options() -> StandInOptions {
 /// The agent named by [`CONSUL_HTTP_ADDR_ENV`] if set, else a dev agent if `consul` is
 /// installed, else the stand-in (announced on stderr once per process).
 pub fn consul_target() -> Result<ConsulTarget, FixtureError> {
-    match std::env::var(CONSUL_HTTP_ADDR_ENV) {
-        Ok(address) if !address.is_empty() => return Ok(ConsulTarget::External { address }),
-        _ => {}
-    }
-    if find_program("consul", &[]).is_some() {
-        return ConsulAgent::start().map(ConsulTarget::Agent);
-    }
-    static NOTE: Once = Once::new();
-    NOTE.call_once(|| {
-        // Straight to stderr, not `eprintln!`: the harness captures the macros' output of
-        // passing tests, and this must be seen.
-        let _ = writeln!(std::io::stderr(), "{STAND_IN_NOTE}");
-    });
-    ConsulStandIn::start_with(stand_in_options()).map(ConsulTarget::StandIn)
+    Target::from_env(ConsulServer::start)
 }
 
 /// One Consul for all the tests of a process that do not stop it: started on first use (as
@@ -293,6 +275,9 @@ pub fn consul() -> Option<ConsulTarget> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+    use std::net::TcpStream;
+
     use super::*;
 
     /// One HTTP/1.0 exchange: the status code and the body.
@@ -315,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_stand_in_refuses_and_a_restarted_one_answers_empty_on_the_same_port() {
+    fn a_stopped_stand_in_is_silent_and_a_restarted_one_answers_empty_on_the_same_port() {
         let mut stand_in = ConsulStandIn::start_with(stand_in_options()).expect("start");
         let addr = SocketAddr::from(([127, 0, 0, 1], stand_in.port()));
         assert!(has_leader(addr), "ready as soon as started");
@@ -326,10 +311,8 @@ mod tests {
         );
 
         stand_in.stop();
-        assert!(
-            TcpStream::connect(addr).is_err(),
-            "a stopped stand-in refuses"
-        );
+        // Not "nothing listens": a fixture running beside this test may take the freed port.
+        assert!(!has_leader(addr), "a stopped stand-in no longer answers");
 
         stand_in.restart().expect("restart");
         assert_eq!(stand_in.address(), format!("http://{addr}"));

@@ -12,16 +12,14 @@
 //! etcd's minimum lease TTL is 1.5 times its election timeout, rounded up to whole seconds: 2 s
 //! with the default 1 s election timeout that this fixture keeps.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::FixtureError;
-use crate::process::{find_program, free_port, kill, spawn_logged, wait_ready};
+use crate::process::{ask, find_program, free_port, kill, spawn_ready, temp_dir};
+use crate::{FixtureError, Server, Target};
 
 /// The environment variable naming an existing etcd to test against instead of starting one:
 /// its client URLs, comma-separated (`http://10.0.0.7:2379,http://10.0.0.8:2379`).
@@ -52,10 +50,7 @@ impl EtcdServer {
                 install: "apt-get install etcd-server",
                 env: ETCD_ENDPOINTS_ENV,
             })?;
-        let dir = tempfile::Builder::new()
-            .prefix("cim-etcd-")
-            .tempdir()
-            .map_err(|source| FixtureError::io("a temporary directory for etcd", source))?;
+        let dir = temp_dir("etcd")?;
         let client_port = free_port()?;
         let mut peer_port = free_port()?;
         while peer_port == client_port {
@@ -141,15 +136,10 @@ impl EtcdServer {
             // told the exact GOARCH.
             command.env("ETCD_UNSUPPORTED_ARCH", arch);
         }
-        let mut child = spawn_logged(command, &log)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
         let what = format!("etcd on {addr}");
-        let ready = wait_ready(&what, &mut child, &log, || is_healthy(addr));
-        self.child = Some(child);
-        if ready.is_err() {
-            self.stop();
-        }
-        ready
+        self.child = Some(spawn_ready(&what, command, &log, || is_healthy(addr))?);
+        Ok(())
     }
 }
 
@@ -174,71 +164,48 @@ fn unsupported_arch() -> Option<&'static str> {
 
 /// Whether the etcd client endpoint at `addr` answers `GET /health` with `"health":"true"`.
 fn is_healthy(addr: SocketAddr) -> bool {
-    let timeout = Duration::from_millis(500);
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+    // HTTP/1.0: the server closes the connection after the response.
+    let request = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let Some(response) = ask(addr, request.as_bytes()) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let request = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    // HTTP/1.0: the server closes the connection after the response.
-    let mut response = String::new();
-    if stream.read_to_string(&mut response).is_err() {
-        return false;
-    }
     let ok = response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200");
     let compact: String = response.chars().filter(|c| !c.is_whitespace()).collect();
     ok && compact.contains(r#""health":"true""#)
 }
 
-/// The etcd a test runs against: one this process started, or an existing one named by
-/// [`ETCD_ENDPOINTS_ENV`].
-#[derive(Debug)]
-pub enum EtcdTarget {
-    /// A server this process started and owns.
-    Started(EtcdServer),
-    /// An existing cluster, from [`ETCD_ENDPOINTS_ENV`].
-    External {
-        /// Its client URLs, as given.
-        endpoints: Vec<String>,
-    },
+impl Server for EtcdServer {
+    const NAME: &'static str = "etcd";
+    const ENV: &'static str = ETCD_ENDPOINTS_ENV;
+
+    /// [`EtcdServer::url`].
+    fn address(&self) -> String {
+        self.url()
+    }
 }
+
+/// The etcd a test runs against: one this process started, or an existing cluster named by
+/// [`ETCD_ENDPOINTS_ENV`] (its comma-separated client URLs are the [`Target::address`]).
+pub type EtcdTarget = Target<EtcdServer>;
 
 impl EtcdTarget {
     /// Where to connect: the client URLs.
     pub fn endpoints(&self) -> Vec<String> {
         match self {
-            EtcdTarget::Started(server) => server.endpoints(),
-            EtcdTarget::External { endpoints } => endpoints.clone(),
-        }
-    }
-
-    /// The owned server, for tests that stop and restart it (`None` for an external one).
-    pub fn server_mut(&mut self) -> Option<&mut EtcdServer> {
-        match self {
-            EtcdTarget::Started(server) => Some(server),
-            EtcdTarget::External { .. } => None,
+            Target::Started(server) => server.endpoints(),
+            Target::External { address } => address
+                .split(',')
+                .map(str::trim)
+                .filter(|endpoint| !endpoint.is_empty())
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
 
 /// The etcd named by [`ETCD_ENDPOINTS_ENV`] if set, else a freshly started one.
 pub fn etcd_target() -> Result<EtcdTarget, FixtureError> {
-    let named: Vec<String> = std::env::var(ETCD_ENDPOINTS_ENV)
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|endpoint| !endpoint.is_empty())
-        .map(str::to_string)
-        .collect();
-    if named.is_empty() {
-        EtcdServer::start().map(EtcdTarget::Started)
-    } else {
-        Ok(EtcdTarget::External { endpoints: named })
-    }
+    Target::from_env(EtcdServer::start)
 }
 
 /// [`etcd_target`] through [`crate::require_or_skip`]: `None` (after printing why) when no etcd

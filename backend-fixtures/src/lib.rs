@@ -8,7 +8,9 @@
 //! A missing server program is not silently ignored: [`require_or_skip`] prints
 //! `SKIPPED: <what to install>` on a developer's machine and fails inside CI (`CI=true`), where
 //! a skipped backend would hide a broken adapter. Every fixture also accepts an existing server
-//! through an environment variable (e.g. [`redis::REDIS_URL_ENV`]).
+//! through an environment variable (e.g. [`redis::REDIS_URL_ENV`]): what a test gets is a
+//! [`Target`], the server it started or the one named, and failure tests, which must stop and
+//! restart their server, take only the former ([`Target::owned`]).
 //!
 //! ```no_run
 //! // tests/conformance.rs of an adapter crate (harness = false)
@@ -16,7 +18,7 @@
 //!     let Some(redis) = cim_backend_fixtures::redis::redis() else {
 //!         return std::process::ExitCode::SUCCESS;
 //!     };
-//!     let url = redis.url();
+//!     let url = redis.address();
 //!     // ... build the suite against `url` and run it while `redis` is alive ...
 //!     # let _ = url;
 //!     std::process::ExitCode::SUCCESS
@@ -26,13 +28,16 @@
 pub mod consul;
 mod error;
 pub mod etcd;
+pub mod outage;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+mod target;
 pub mod zookeeper;
 
 pub use error::FixtureError;
 pub use redis::{RedisServer, RedisTarget};
+pub use target::{Server, Target};
 
 /// Whether we run inside CI, where a missing backend is a failure: `CI` set to anything but
 /// empty, `0` or `false`.

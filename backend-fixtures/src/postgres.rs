@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::FixtureError;
-use crate::process::{find_program, free_port, kill, log_tail, spawn_logged, wait_ready};
+use crate::process::{find_program, free_port, kill, log_tail, spawn_logged, temp_dir, wait_ready};
+use crate::{FixtureError, Server, Target};
 
 /// The environment variable naming an existing PostgreSQL
 /// (`postgres://user:password@host:port/database`) to test against instead of starting one. The
@@ -63,10 +63,7 @@ impl PostgresServer {
         } else {
             None
         };
-        let dir = tempfile::Builder::new()
-            .prefix("cim-postgres-")
-            .tempdir()
-            .map_err(|source| FixtureError::io("a temporary directory for postgres", source))?;
+        let dir = temp_dir("postgres")?;
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|source| {
                 FixtureError::io(
@@ -282,43 +279,23 @@ fn service_user() -> Result<(u32, u32), FixtureError> {
         })
 }
 
+impl Server for PostgresServer {
+    const NAME: &'static str = "PostgreSQL";
+    const ENV: &'static str = POSTGRES_URL_ENV;
+
+    /// [`PostgresServer::url`].
+    fn address(&self) -> String {
+        self.url()
+    }
+}
+
 /// The PostgreSQL a test runs against: one this process started, or an existing one named by
-/// [`POSTGRES_URL_ENV`].
-#[derive(Debug)]
-pub enum PostgresTarget {
-    /// A server this process started and owns.
-    Started(PostgresServer),
-    /// An existing server, from [`POSTGRES_URL_ENV`].
-    External {
-        /// Its URL, as given.
-        url: String,
-    },
-}
-
-impl PostgresTarget {
-    /// Where to connect.
-    pub fn url(&self) -> String {
-        match self {
-            PostgresTarget::Started(server) => server.url(),
-            PostgresTarget::External { url } => url.clone(),
-        }
-    }
-
-    /// The owned server, for tests that stop and restart it (`None` for an external one).
-    pub fn server_mut(&mut self) -> Option<&mut PostgresServer> {
-        match self {
-            PostgresTarget::Started(server) => Some(server),
-            PostgresTarget::External { .. } => None,
-        }
-    }
-}
+/// [`POSTGRES_URL_ENV`] (its URL is the [`Target::address`]).
+pub type PostgresTarget = Target<PostgresServer>;
 
 /// The PostgreSQL named by [`POSTGRES_URL_ENV`] if set, else a freshly started one.
 pub fn postgres_target() -> Result<PostgresTarget, FixtureError> {
-    match std::env::var(POSTGRES_URL_ENV) {
-        Ok(url) if !url.is_empty() => Ok(PostgresTarget::External { url }),
-        _ => PostgresServer::start().map(PostgresTarget::Started),
-    }
+    Target::from_env(PostgresServer::start)
 }
 
 /// [`postgres_target`] through [`crate::require_or_skip`]: `None` (after printing why) when no

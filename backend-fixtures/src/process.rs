@@ -3,10 +3,13 @@
 //! ready in milliseconds on a quiet machine and in seconds on a loaded CI runner).
 
 use std::fs;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
 
 use crate::FixtureError;
 
@@ -38,6 +41,14 @@ pub fn free_port() -> Result<u16, FixtureError> {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .map_err(|source| FixtureError::io("a free loopback port", source))
+}
+
+/// A new temporary directory for a `name` server (`cim-{name}-...`), removed when dropped.
+pub fn temp_dir(name: &str) -> Result<TempDir, FixtureError> {
+    tempfile::Builder::new()
+        .prefix(&format!("cim-{name}-"))
+        .tempdir()
+        .map_err(|source| FixtureError::io(format!("a temporary directory for {name}"), source))
 }
 
 /// Starts `command` with its output appended to `log`.
@@ -92,6 +103,44 @@ pub fn wait_ready(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
+}
+
+/// Starts `command` with its output appended to `log` and waits until `ready` says yes (see
+/// [`wait_ready`]); a child that does not get ready is killed.
+pub fn spawn_ready(
+    what: &str,
+    command: Command,
+    log: &Path,
+    ready: impl FnMut() -> bool,
+) -> Result<Child, FixtureError> {
+    let mut child = spawn_logged(command, log)?;
+    match wait_ready(what, &mut child, log, ready) {
+        Ok(()) => Ok(child),
+        Err(error) => {
+            kill(&mut Some(child));
+            Err(error)
+        }
+    }
+}
+
+/// A connection to `addr` for a readiness check: short timeouts on connecting, reading and
+/// writing, so that a check never hangs on a server that is not there yet.
+pub fn probe(addr: SocketAddr) -> Option<TcpStream> {
+    let timeout = Duration::from_millis(500);
+    let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    Some(stream)
+}
+
+/// Sends `request` over a [`probe`] connection to `addr` and reads the answer until the server
+/// closes the connection (HTTP/1.0, ZooKeeper's four-letter words).
+pub fn ask(addr: SocketAddr, request: &[u8]) -> Option<String> {
+    let mut stream = probe(addr)?;
+    stream.write_all(request).ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    Some(reply)
 }
 
 /// The last lines of a server log, for error messages.

@@ -3,15 +3,14 @@
 //! [`RedisServer::restart`] let failure tests take it away and bring it back on the same address.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::FixtureError;
-use crate::process::{find_program, free_port, kill, spawn_logged, wait_ready};
+use crate::process::{find_program, free_port, kill, probe, spawn_ready, temp_dir};
+use crate::{FixtureError, Server, Target};
 
 /// The environment variable naming an existing Redis (`redis://host:port[/db]`) to test against
 /// instead of starting one.
@@ -37,10 +36,7 @@ impl RedisServer {
                 env: REDIS_URL_ENV,
             },
         )?;
-        let dir = tempfile::Builder::new()
-            .prefix("cim-redis-")
-            .tempdir()
-            .map_err(|source| FixtureError::io("a temporary directory for redis", source))?;
+        let dir = temp_dir("redis")?;
         let mut server = RedisServer {
             program,
             port: free_port()?,
@@ -82,15 +78,10 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path());
-        let mut child = spawn_logged(command, &log)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let what = format!("redis-server on {addr}");
-        let ready = wait_ready(&what, &mut child, &log, || answers_ping(addr));
-        self.child = Some(child);
-        if ready.is_err() {
-            self.stop();
-        }
-        ready
+        self.child = Some(spawn_ready(&what, command, &log, || answers_ping(addr))?);
+        Ok(())
     }
 }
 
@@ -102,12 +93,9 @@ impl Drop for RedisServer {
 
 /// Whether a Redis at `addr` answers `PING` with `PONG`.
 fn answers_ping(addr: SocketAddr) -> bool {
-    let timeout = Duration::from_millis(500);
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+    let Some(mut stream) = probe(addr) else {
         return false;
     };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
     if stream.write_all(b"PING\r\n").is_err() {
         return false;
     }
@@ -115,43 +103,23 @@ fn answers_ping(addr: SocketAddr) -> bool {
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
+impl Server for RedisServer {
+    const NAME: &'static str = "redis-server";
+    const ENV: &'static str = REDIS_URL_ENV;
+
+    /// [`RedisServer::url`].
+    fn address(&self) -> String {
+        self.url()
+    }
+}
+
 /// The Redis a test runs against: one this process started, or an existing one named by
-/// [`REDIS_URL_ENV`].
-#[derive(Debug)]
-pub enum RedisTarget {
-    /// A server this process started and owns.
-    Started(RedisServer),
-    /// An existing server, from [`REDIS_URL_ENV`].
-    External {
-        /// Its URL, as given.
-        url: String,
-    },
-}
-
-impl RedisTarget {
-    /// Where to connect.
-    pub fn url(&self) -> String {
-        match self {
-            RedisTarget::Started(server) => server.url(),
-            RedisTarget::External { url } => url.clone(),
-        }
-    }
-
-    /// The owned server, for tests that stop and restart it (`None` for an external one).
-    pub fn server_mut(&mut self) -> Option<&mut RedisServer> {
-        match self {
-            RedisTarget::Started(server) => Some(server),
-            RedisTarget::External { .. } => None,
-        }
-    }
-}
+/// [`REDIS_URL_ENV`] (its URL is the [`Target::address`]).
+pub type RedisTarget = Target<RedisServer>;
 
 /// The Redis named by [`REDIS_URL_ENV`] if set, else a freshly started one.
 pub fn redis_target() -> Result<RedisTarget, FixtureError> {
-    match std::env::var(REDIS_URL_ENV) {
-        Ok(url) if !url.is_empty() => Ok(RedisTarget::External { url }),
-        _ => RedisServer::start().map(RedisTarget::Started),
-    }
+    Target::from_env(RedisServer::start)
 }
 
 /// [`redis_target`] through [`crate::require_or_skip`]: `None` (after printing why) when no

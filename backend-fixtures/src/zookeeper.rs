@@ -15,16 +15,15 @@
 //! in time keep their sessions. [`ZooKeeperServer::restart_empty`] starts it with its data gone,
 //! as after losing the disk: every session is unknown to it.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::FixtureError;
-use crate::process::{find_program, free_port, kill, spawn_logged, wait_ready};
+use crate::process::{ask, find_program, free_port, kill, spawn_ready, temp_dir};
+use crate::{FixtureError, Server, Target};
 
 /// The environment variable naming an existing ZooKeeper (a connect string, `host:port`) to test
 /// against instead of starting one.
@@ -63,10 +62,7 @@ impl ZooKeeperServer {
         let script = find_program("zkServer.sh", &[PathBuf::from(INSTALL_DIR)])
             .ok_or(missing("zkServer.sh"))?;
         find_program("java", &[]).ok_or(missing("java"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("cim-zookeeper-")
-            .tempdir()
-            .map_err(|source| FixtureError::io("a temporary directory for zookeeper", source))?;
+        let dir = temp_dir("zookeeper")?;
         let mut server = ZooKeeperServer {
             script,
             port: free_port()?,
@@ -151,15 +147,10 @@ impl ZooKeeperServer {
             .arg(self.config_path())
             .env("JMXDISABLE", "true")
             .env("JVMFLAGS", jvm_flags(self.dir.path()));
-        let mut child = spawn_logged(command, &log)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let what = format!("zookeeper on {addr}");
-        let ready = wait_ready(&what, &mut child, &log, || serves(addr));
-        self.child = Some(child);
-        if ready.is_err() {
-            self.stop();
-        }
-        ready
+        self.child = Some(spawn_ready(&what, command, &log, || serves(addr))?);
+        Ok(())
     }
 }
 
@@ -177,61 +168,29 @@ impl Drop for ZooKeeperServer {
     }
 }
 
-/// The answer of ZooKeeper at `addr` to the four-letter word `command`, if any.
-fn four_letter(addr: SocketAddr, command: &[u8; 4]) -> Option<String> {
-    let timeout = Duration::from_millis(500);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    stream.write_all(command).ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    Some(reply)
-}
-
 /// Whether the ZooKeeper at `addr` is up (`ruok` is `imok`) and serving (`srvr` shows its mode).
 fn serves(addr: SocketAddr) -> bool {
-    four_letter(addr, b"ruok").is_some_and(|reply| reply == "imok")
-        && four_letter(addr, b"srvr").is_some_and(|reply| reply.contains("Mode:"))
+    ask(addr, b"ruok").is_some_and(|reply| reply == "imok")
+        && ask(addr, b"srvr").is_some_and(|reply| reply.contains("Mode:"))
+}
+
+impl Server for ZooKeeperServer {
+    const NAME: &'static str = "ZooKeeper";
+    const ENV: &'static str = ZOOKEEPER_ENV;
+
+    /// [`ZooKeeperServer::connect_string`].
+    fn address(&self) -> String {
+        self.connect_string()
+    }
 }
 
 /// The ZooKeeper a test runs against: one this process started, or an existing one named by
-/// [`ZOOKEEPER_ENV`].
-#[derive(Debug)]
-pub enum ZooKeeperTarget {
-    /// A server this process started and owns.
-    Started(ZooKeeperServer),
-    /// An existing server, from [`ZOOKEEPER_ENV`].
-    External {
-        /// Its connect string, as given.
-        connect: String,
-    },
-}
-
-impl ZooKeeperTarget {
-    /// The connect string.
-    pub fn connect_string(&self) -> String {
-        match self {
-            ZooKeeperTarget::Started(server) => server.connect_string(),
-            ZooKeeperTarget::External { connect } => connect.clone(),
-        }
-    }
-
-    /// The owned server, for tests that stop and restart it (`None` for an external one).
-    pub fn server_mut(&mut self) -> Option<&mut ZooKeeperServer> {
-        match self {
-            ZooKeeperTarget::Started(server) => Some(server),
-            ZooKeeperTarget::External { .. } => None,
-        }
-    }
-}
+/// [`ZOOKEEPER_ENV`] (its connect string is the [`Target::address`]).
+pub type ZooKeeperTarget = Target<ZooKeeperServer>;
 
 /// The ZooKeeper named by [`ZOOKEEPER_ENV`] if set, else a freshly started one.
 pub fn zookeeper_target() -> Result<ZooKeeperTarget, FixtureError> {
-    match std::env::var(ZOOKEEPER_ENV) {
-        Ok(connect) if !connect.is_empty() => Ok(ZooKeeperTarget::External { connect }),
-        _ => ZooKeeperServer::start().map(ZooKeeperTarget::Started),
-    }
+    Target::from_env(ZooKeeperServer::start)
 }
 
 /// [`zookeeper_target`] through [`crate::require_or_skip`]: `None` (after printing why) when no

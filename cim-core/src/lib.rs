@@ -36,6 +36,7 @@
 
 pub mod account_store;
 pub mod balancer;
+pub mod codec;
 pub mod config;
 pub mod embedded;
 mod error;

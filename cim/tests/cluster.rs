@@ -6,60 +6,32 @@
 mod common;
 
 use cim_backend_fixtures::{postgres, redis};
-use common::{connect, free_port, next_body, server_env, start};
+use common::{cluster_config, connect, fixture, free_port, next_body, server_env, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_and_a_route_on_redis_and_postgres_survive_losing_a_server() {
-    let Some(redis) = tokio::task::spawn_blocking(redis::redis)
-        .await
-        .expect("fixture task")
-    else {
+    let Some(redis) = fixture(redis::redis).await else {
         return;
     };
-    let Some(postgres) = tokio::task::spawn_blocking(postgres::postgres)
-        .await
-        .expect("fixture task")
-    else {
+    let Some(postgres) = fixture(postgres::postgres).await else {
         return;
     };
     let dir = tempfile::tempdir().expect("temporary directory");
-    let config = dir.path().join("cim.toml");
     let route_port = free_port();
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-namespace = "cluster_test"
-[auth]
-secret = "{secret}"
-[meta]
-backend = "redis"
-url = "{redis}"
-ttl = "2s"
-[sessions]
-backend = "redis"
-url = "{redis}"
-ttl = "3s"
-[accounts]
-backend = "postgres"
-url = "{postgres}"
-[messages]
-backend = "postgres"
-url = "{postgres}"
-[balancer]
-strategy = "round_robin"
-[server]
-session_refresh = "1s"
-load_report = "1s"
-[route]
-listen = "127.0.0.1:{route_port}"
-"#,
-            secret = "x".repeat(32),
-            redis = redis.url(),
-            postgres = postgres.url(),
+    let config = cluster_config(
+        dir.path(),
+        "cluster_test",
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\nttl = \"2s\"",
+            redis.address()
         ),
-    )
-    .expect("write the config");
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\nttl = \"3s\"",
+            redis.address()
+        ),
+        &postgres.address(),
+        route_port,
+    );
 
     let (one, one_internal, two, two_internal) =
         (free_port(), free_port(), free_port(), free_port());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cim_backend_fixtures::postgres;
 use cim_client::{Client, Events};
-use common::{STEP, connect, free_port, next_body, server_env, start};
+use common::{STEP, cluster_config, connect, fixture, free_port, next_body, server_env, start};
 use tokio::process::Child;
 
 /// `[meta] ttl`: how long a dead server may stay registered (plus one more TTL of backend
@@ -45,50 +45,23 @@ async fn await_servers(observer: &Client, done: impl Fn(&BTreeSet<String>) -> bo
 /// The cluster under test: `meta_and_sessions` is the config of `[meta]` and `[sessions]` on
 /// the coordination service (without `ttl`, which this test sets).
 async fn three_servers_lose_one(name: &str, meta_and_sessions: impl Fn(&str) -> String) {
-    let Some(postgres) = tokio::task::spawn_blocking(postgres::postgres)
-        .await
-        .expect("fixture task")
-    else {
+    let Some(postgres) = fixture(postgres::postgres).await else {
         return;
     };
     let dir = tempfile::tempdir().expect("temporary directory");
-    let config = dir.path().join("cim.toml");
     let route_port = free_port();
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-namespace = "cluster_{name}"
-[auth]
-secret = "{secret}"
-[meta]
-{meta}
-ttl = "{meta_ttl}s"
-[sessions]
-{sessions}
-ttl = "3s"
-[accounts]
-backend = "postgres"
-url = "{postgres}"
-[messages]
-backend = "postgres"
-url = "{postgres}"
-[balancer]
-strategy = "round_robin"
-[server]
-session_refresh = "1s"
-load_report = "1s"
-[route]
-listen = "127.0.0.1:{route_port}"
-"#,
-            secret = "x".repeat(32),
-            meta = meta_and_sessions("meta"),
-            meta_ttl = META_TTL.as_secs(),
-            sessions = meta_and_sessions("sessions"),
-            postgres = postgres.url(),
+    let config = cluster_config(
+        dir.path(),
+        &format!("cluster_{name}"),
+        &format!(
+            "{}\nttl = \"{}s\"",
+            meta_and_sessions("meta"),
+            META_TTL.as_secs()
         ),
-    )
-    .expect("write the config");
+        &format!("{}\nttl = \"3s\"", meta_and_sessions("sessions")),
+        &postgres.address(),
+        route_port,
+    );
 
     let mut nodes: Vec<(String, Child)> = Vec::new();
     for id in ["node-1", "node-2", "node-3"] {
@@ -166,10 +139,7 @@ listen = "127.0.0.1:{route_port}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_on_etcd_lose_one_and_its_users_log_in_elsewhere() {
-    let Some(etcd) = tokio::task::spawn_blocking(cim_backend_fixtures::etcd::etcd)
-        .await
-        .expect("fixture task")
-    else {
+    let Some(etcd) = fixture(cim_backend_fixtures::etcd::etcd).await else {
         return;
     };
     let endpoints = etcd
@@ -186,13 +156,10 @@ async fn three_servers_on_etcd_lose_one_and_its_users_log_in_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_on_zookeeper_lose_one_and_its_users_log_in_elsewhere() {
-    let Some(zookeeper) = tokio::task::spawn_blocking(cim_backend_fixtures::zookeeper::zookeeper)
-        .await
-        .expect("fixture task")
-    else {
+    let Some(zookeeper) = fixture(cim_backend_fixtures::zookeeper::zookeeper).await else {
         return;
     };
-    let connect = zookeeper.connect_string();
+    let connect = zookeeper.address();
     three_servers_lose_one("zookeeper", |_| {
         format!("backend = \"zookeeper\"\nconnect = \"{connect}\"")
     })

@@ -16,11 +16,11 @@
 //! [`ConsulClient::session_renew`], a rolled-back transaction is [`TxnOutcome::RolledBack`] with
 //! Consul's reasons.
 
-mod base64;
-
 use std::fmt;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use cim_core::{Error, Result, SecretString};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
@@ -712,12 +712,13 @@ impl RawEntry {
     fn decode(self) -> Result<KvEntry> {
         let value = match &self.value {
             None => Vec::new(),
-            Some(encoded) => base64::decode(encoded).ok_or_else(|| {
+            Some(encoded) => STANDARD.decode(encoded).map_err(|e| {
                 Error::internal(format!(
                     "consul returned key {} with a value that is not base64",
                     self.key
                 ))
                 .with_context("backend", "consul")
+                .with_source(e)
             })?,
         };
         Ok(KvEntry {
@@ -764,11 +765,11 @@ impl<'a> From<&'a TxnOp> for WireOp<'a> {
         };
         let kv = match op {
             TxnOp::Set { key, value } => WireKv {
-                value: Some(base64::encode(value)),
+                value: Some(STANDARD.encode(value)),
                 ..kv("set", key)
             },
             TxnOp::Cas { key, value, index } => WireKv {
-                value: Some(base64::encode(value)),
+                value: Some(STANDARD.encode(value)),
                 index: Some(*index),
                 ..kv("cas", key)
             },
@@ -777,7 +778,7 @@ impl<'a> From<&'a TxnOp> for WireOp<'a> {
                 value,
                 session,
             } => WireKv {
-                value: Some(base64::encode(value)),
+                value: Some(STANDARD.encode(value)),
                 session: Some(session),
                 ..kv("lock", key)
             },

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cim_core::codec::{decode_server, encode_server};
 use cim_core::meta_store::{
     Lease, MetaCapabilities, MetaEvent, MetaStore, MetaWatch, Registration,
 };
@@ -240,7 +241,7 @@ impl Inner {
     /// Creates a session for `info` and acquires its key with it, logging `Added`: the new
     /// session, or `None` if another session holds the id.
     async fn claim(&self, info: &ServerInfo) -> Result<Option<String>> {
-        let json = encode(info)?;
+        let json = encode_server(info)?.into_bytes();
         let session = self
             .client
             .session_create(&self.session_spec(&info.id))
@@ -278,7 +279,7 @@ impl Inner {
         let mut servers = entries
             .iter()
             .filter(|entry| matches!(self.keys.classify(&entry.key), Key::Server(_)))
-            .map(|entry| decode(&entry.value))
+            .map(|entry| decode_server(&entry.value, "consul"))
             .collect::<Result<Vec<_>>>()?;
         servers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(servers)
@@ -291,7 +292,7 @@ impl Inner {
         let mut seq = 0;
         for entry in &value {
             match self.keys.classify(&entry.key) {
-                Key::Server(_) => servers.push(decode(&entry.value)?),
+                Key::Server(_) => servers.push(decode_server(&entry.value, "consul")?),
                 Key::Log(at) => seq = seq.max(at),
                 Key::Other => {}
             }
@@ -327,20 +328,6 @@ impl Inner {
         }
         Ok(Some(events))
     }
-}
-
-fn decode(json: &[u8]) -> Result<ServerInfo> {
-    serde_json::from_slice(json).map_err(|e| {
-        Error::internal("a server registration stored in consul cannot be decoded")
-            .with_context("backend", "consul")
-            .with_source(e)
-    })
-}
-
-fn encode(info: &ServerInfo) -> Result<Vec<u8>> {
-    serde_json::to_vec(info).map_err(|e| {
-        Error::invalid_input("the server registration cannot be encoded").with_source(e)
-    })
 }
 
 /// A [`MetaStore`] in Consul's KV store, shared by every node of a cluster.
@@ -770,7 +757,7 @@ impl Lease for ConsulLease {
 
     async fn update(&self, info: ServerInfo) -> Result<()> {
         let inner = &self.shared.inner;
-        let json = encode(&info)?;
+        let json = encode_server(&info)?.into_bytes();
         let mut state = self.shared.state.lock().await;
         state.info = info.clone();
         if let Some(session) = state.session.clone() {

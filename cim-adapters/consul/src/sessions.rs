@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use cim_core::codec::{decode_session, encode_session};
+use cim_core::paging::id_cursor;
 use cim_core::registry::{BackendOptions, BuildFuture, SessionStoreFactory};
 use cim_core::{
     BindOutcome, BindPolicy, Cursor, Error, Page, Result, ServerId, Session, SessionCapabilities,
@@ -291,19 +293,6 @@ impl ConsulSessionStore {
     }
 }
 
-fn decode(json: &[u8]) -> Result<Session> {
-    serde_json::from_slice(json).map_err(|e| {
-        Error::internal("a session stored in consul cannot be decoded")
-            .with_context("backend", "consul")
-            .with_source(e)
-    })
-}
-
-fn encode(session: &Session) -> Result<Vec<u8>> {
-    serde_json::to_vec(session)
-        .map_err(|e| Error::internal("a session cannot be encoded").with_source(e))
-}
-
 fn contended(what: &str) -> Error {
     Error::conflict(format!(
         "{what} kept losing to concurrent changes of the same user in consul; retry"
@@ -319,7 +308,7 @@ impl SessionStore for ConsulSessionStore {
 
     async fn bind(&self, session: Session, policy: BindPolicy) -> Result<BindOutcome> {
         let key = self.user_key(session.user_id);
-        let json = encode(&session)?;
+        let json = encode_session(&session)?.into_bytes();
         let mut held = self
             .server_session(&session.server_id, Renew::IfStale)
             .await?;
@@ -332,7 +321,7 @@ impl SessionStore for ConsulSessionStore {
                     BindOutcome::Bound
                 }
                 Some(entry) => {
-                    let stored = decode(&entry.value)?;
+                    let stored = decode_session(&entry.value, "consul")?;
                     let outcome = if stored.reference() == session.reference() {
                         BindOutcome::Bound
                     } else if policy == BindPolicy::Reject {
@@ -375,7 +364,7 @@ impl SessionStore for ConsulSessionStore {
 
     async fn get(&self, user: UserId) -> Result<Option<Session>> {
         match self.client.kv_get(&self.user_key(user)).await? {
-            Some(entry) => decode(&entry.value).map(Some),
+            Some(entry) => decode_session(&entry.value, "consul").map(Some),
             None => Ok(None),
         }
     }
@@ -395,7 +384,7 @@ impl SessionStore for ConsulSessionStore {
             let Some(entry) = self.client.kv_get(&key).await? else {
                 return Ok(false);
             };
-            if decode(&entry.value)?.reference() != *session {
+            if decode_session(&entry.value, "consul")?.reference() != *session {
                 return Ok(false);
             }
             if self.delete_at(&key, entry.modify_index).await? {
@@ -414,7 +403,9 @@ impl SessionStore for ConsulSessionStore {
         let entries = self.client.kv_list(&self.users, None).await?.value;
         let mut theirs = Vec::new();
         for entry in entries {
-            if self.user_of(&entry.key).is_some() && decode(&entry.value)?.server_id == *server {
+            if self.user_of(&entry.key).is_some()
+                && decode_session(&entry.value, "consul")?.server_id == *server
+            {
                 theirs.push(entry);
             }
         }
@@ -440,7 +431,9 @@ impl SessionStore for ConsulSessionStore {
                 "list_online needs a limit of at least 1",
             ));
         }
-        let after = cursor.map(parse_cursor).transpose()?;
+        let after = cursor
+            .map(|cursor| id_cursor(Some(cursor), "list_online").map(UserId))
+            .transpose()?;
         let online = self.online_keys().await?;
         let start = after.map_or(0, |after| {
             online.partition_point(|(user, _)| *user <= after)
@@ -454,7 +447,7 @@ impl SessionStore for ConsulSessionStore {
             .read_many(&keys)
             .await?
             .iter()
-            .map(|entry| decode(&entry.value))
+            .map(|entry| decode_session(&entry.value, "consul"))
             .collect::<Result<Vec<_>>>()?;
         // The cursor is the last user of the window, even if that user went offline meanwhile.
         let next = window
@@ -467,14 +460,4 @@ impl SessionStore for ConsulSessionStore {
     async fn count_online(&self) -> Result<u64> {
         Ok(self.online_keys().await?.len() as u64)
     }
-}
-
-/// A cursor is the last user id of the previous page, in decimal.
-fn parse_cursor(cursor: &Cursor) -> Result<UserId> {
-    cursor.0.parse::<u64>().map(UserId).map_err(|_| {
-        Error::invalid_input(format!(
-            "cursor {:?} was not returned by this session store; list again without a cursor",
-            cursor.0
-        ))
-    })
 }

@@ -10,25 +10,20 @@
 //! cim's Consul HTTP API stand-in otherwise; the few that need a particular agent set-up (a
 //! `session_ttl_min` of 10 s, ACLs) start a stand-in of their own.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cim_adapter_consul::{ConsulClient, ConsulConfig, ConsulMetaStore, ConsulSessionStore};
-use cim_backend_fixtures::consul::{ConsulStandIn, ConsulTarget, StandInOptions};
-use cim_core::registry::{self, BackendOptions};
-use cim_core::{
-    BindOutcome, BindPolicy, ConnectionId, ErrorKind, MetaEvent, MetaStore, ServerId, ServerInfo,
-    Session, SessionStore, Timestamp, UserId,
+use cim_backend_fixtures::consul::{ConsulStandIn, StandInOptions, consul, shared_consul};
+use cim_backend_fixtures::outage::{
+    Folded, PROMPT, RECOVERY, assert_fails_promptly, assert_transient, converge, until_recovered,
 };
+use cim_core::registry::{self, BackendOptions};
+use cim_core::{BindOutcome, BindPolicy, ErrorKind, MetaEvent, MetaStore, SessionStore, UserId};
+use conformance_tests::support::{server_id, server_info, session};
 use futures::StreamExt;
 
 const TTL: Duration = Duration::from_secs(1);
-/// Long enough for a restart and a reconnect on a loaded machine.
-const RECOVERY: Duration = Duration::from_secs(20);
-/// How long an operation on a stopped agent may take to fail: the configured timeouts, with
-/// room to spare.
-const PROMPTLY: Duration = Duration::from_secs(5);
 
 fn config(address: String) -> ConsulConfig {
     ConsulConfig {
@@ -37,48 +32,6 @@ fn config(address: String) -> ConsulConfig {
         wait: Duration::from_secs(5),
         ..ConsulConfig::new(address)
     }
-}
-
-fn session(user: u64, server: &str) -> Session {
-    Session {
-        user_id: UserId(user),
-        server_id: ServerId::new(server).expect("valid server id"),
-        connection_id: ConnectionId(user * 10),
-        device: "test".to_string(),
-        login_at: Timestamp::now(),
-    }
-}
-
-fn server(id: &str) -> ServerInfo {
-    ServerInfo::new(
-        ServerId::new(id).expect("valid server id"),
-        "10.0.0.1",
-        7000,
-        7001,
-    )
-}
-
-/// An agent (or stand-in) this test owns: failure tests cannot stop someone else's.
-fn owned_consul() -> Option<ConsulTarget> {
-    let target = cim_backend_fixtures::consul::consul()?;
-    if !target.is_owned() {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: failure tests need a Consul they start themselves (unset \
-             CIM_TEST_CONSUL_HTTP_ADDR)"
-        );
-        return None;
-    }
-    Some(target)
-}
-
-fn assert_transient(error: &cim_core::Error, what: &str) {
-    assert!(
-        matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-        "{what}: expected Unavailable or Timeout while consul is down, got {error}"
-    );
-    assert!(error.is_retryable(), "{what}: {error}");
 }
 
 /// Destroys, behind the stores' backs, every Consul session whose name ends with `suffix`.
@@ -99,7 +52,7 @@ async fn destroy_sessions_named(address: String, suffix: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_builds_consul_stores_from_config_keys() {
-    let Some(consul) = cim_backend_fixtures::consul::shared_consul() else {
+    let Some(consul) = shared_consul() else {
         return;
     };
     let options = BackendOptions::new("sessions", "consul")
@@ -114,7 +67,7 @@ async fn the_registry_builds_consul_stores_from_config_keys() {
         .await
         .expect("build the consul session store through the registry");
     sessions
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind");
     assert_eq!(sessions.count_online().await.expect("count"), 1);
@@ -176,7 +129,7 @@ async fn an_agent_that_is_not_there_is_unavailable_at_once() {
         .expect("a free port")
         .port();
     let outcome = tokio::time::timeout(
-        PROMPTLY,
+        PROMPT,
         ConsulSessionStore::connect(&config(format!("127.0.0.1:{port}")), "nobody", TTL),
     )
     .await
@@ -233,14 +186,14 @@ async fn a_wrong_acl_token_is_unauthenticated() {
         .await
         .expect("the right token is accepted");
     store
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind with the right token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_unavailable_while_consul_is_down_and_recover_when_it_is_back() {
-    let Some(mut consul) = owned_consul() else {
+    let Some(mut consul) = consul().and_then(|target| target.owned()) else {
         return;
     };
     let store =
@@ -248,16 +201,17 @@ async fn sessions_are_unavailable_while_consul_is_down_and_recover_when_it_is_ba
             .await
             .expect("connect");
     store
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind while consul runs");
 
-    consul.stop();
-    let down = tokio::time::timeout(PROMPTLY, async {
-        let bind = store.bind(session(2, "node-1"), BindPolicy::Reject).await;
-        let refresh = store
-            .refresh_server(&ServerId::new("node-1").expect("id"))
+    let server = consul.server_mut().expect("an owned server");
+    server.stop();
+    let down = tokio::time::timeout(PROMPT, async {
+        let bind = store
+            .bind(session(2, "node-1", 20), BindPolicy::Reject)
             .await;
+        let refresh = store.refresh_server(&server_id("node-1")).await;
         let get = store.get(UserId(1)).await;
         let count = store.count_online().await;
         (bind, refresh, get, count)
@@ -271,39 +225,30 @@ async fn sessions_are_unavailable_while_consul_is_down_and_recover_when_it_is_ba
 
     // A restarted dev agent is empty: the session of user 1 is gone with everything else, and
     // the store's Consul session of node-1 too, which it must notice and replace.
-    consul.restart().expect("restart consul");
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    loop {
-        match store.bind(session(2, "node-1"), BindPolicy::Reject).await {
-            Ok(outcome) => {
-                assert_eq!(outcome, BindOutcome::Bound);
-                break;
-            }
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                assert_transient(&error, "bind while consul comes back");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("the store did not recover within {RECOVERY:?}: {error}"),
-        }
-    }
+    server.restart().expect("restart consul");
+    let outcome = until_recovered("bind after the restart", || {
+        store.bind(session(2, "node-1", 20), BindPolicy::Reject)
+    })
+    .await;
+    assert_eq!(outcome, BindOutcome::Bound);
     assert_eq!(
         store
             .get(UserId(2))
             .await
             .expect("get after recovery")
             .map(|s| s.reference()),
-        Some(session(2, "node-1").reference()),
+        Some(session(2, "node-1", 20).reference()),
         "the session bound after recovery is stored"
     );
     store
-        .refresh_server(&ServerId::new("node-1").expect("id"))
+        .refresh_server(&server_id("node-1"))
         .await
         .expect("refresh after recovery");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_resyncs_and_a_live_registration_returns_after_consul_restarts() {
-    let Some(mut consul) = owned_consul() else {
+    let Some(mut consul) = consul().and_then(|target| target.owned()) else {
         return;
     };
     let store: Arc<dyn MetaStore> = Arc::new(
@@ -311,8 +256,8 @@ async fn a_watcher_resyncs_and_a_live_registration_returns_after_consul_restarts
             .await
             .expect("connect"),
     );
-    let live = server("node-1");
-    let dying = server("node-2");
+    let live = server_info("node-1", 7000);
+    let dying = server_info("node-2", 7000);
     let _registration = store.register(live.clone()).await.expect("register");
     let dying_registration = store.register(dying.clone()).await.expect("register");
     let mut events = store.watch().await.expect("watch");
@@ -328,54 +273,32 @@ async fn a_watcher_resyncs_and_a_live_registration_returns_after_consul_restarts
 
     // node-2's owner dies with the agent; node-1's lives on.
     drop(dying_registration);
-    consul.stop();
-    let listed = tokio::time::timeout(PROMPTLY, store.list())
-        .await
-        .expect("list on a stopped consul ends within the timeouts");
-    assert_transient(&listed.expect_err("list fails"), "list");
-    consul.restart().expect("restart consul");
+    let server = consul.server_mut().expect("an owned server");
+    server.stop();
+    assert_fails_promptly("list", store.list()).await;
+    server.restart().expect("restart consul");
 
     // The restarted agent is empty: the watcher must resync, the keep-alive must put the live
     // registration back, and node-2 must not come back.
-    let mut known: BTreeMap<ServerId, ServerInfo> = BTreeMap::new();
-    let expected: BTreeMap<ServerId, ServerInfo> = [(live.id.clone(), live.clone())].into();
-    let converged = tokio::time::timeout(RECOVERY, async {
-        let mut resynced = false;
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(MetaEvent::Snapshot(servers)) => {
-                    resynced = true;
-                    known = servers.into_iter().map(|s| (s.id.clone(), s)).collect();
-                }
-                Ok(MetaEvent::Added(info) | MetaEvent::Updated(info)) => {
-                    known.insert(info.id.clone(), info);
-                }
-                Ok(MetaEvent::Removed(id)) => {
-                    known.remove(&id);
-                }
-                Err(_) => {} // transient while the agent is away
-            }
-            if resynced && known == expected {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .expect("the watcher resyncs and sees exactly the live registration in time");
-    assert!(converged, "the watch stream ended instead of resyncing");
-    assert_eq!(store.list().await.expect("list after recovery"), vec![live]);
+    converge(
+        &mut events,
+        &mut Folded::default(),
+        store.as_ref(),
+        &[live],
+        true,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registration_whose_consul_session_is_destroyed_registers_again() {
-    let Some(consul) = cim_backend_fixtures::consul::shared_consul() else {
+    let Some(consul) = shared_consul() else {
         return;
     };
     let store = ConsulMetaStore::connect(&config(consul.address()), "lost_lease", TTL)
         .await
         .expect("connect");
-    let info = server("node-1");
+    let info = server_info("node-1", 7000);
     let _registration = store.register(info.clone()).await.expect("register");
     let mut events = store.watch().await.expect("watch");
     assert_eq!(
@@ -409,14 +332,14 @@ async fn a_registration_whose_consul_session_is_destroyed_registers_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_whose_consul_session_is_destroyed_binds_again_under_a_new_one() {
-    let Some(consul) = cim_backend_fixtures::consul::shared_consul() else {
+    let Some(consul) = shared_consul() else {
         return;
     };
     let store = ConsulSessionStore::connect(&config(consul.address()), "lost_server", TTL * 30)
         .await
         .expect("connect");
     store
-        .bind(session(1, "node-a"), BindPolicy::Reject)
+        .bind(session(1, "node-a", 10), BindPolicy::Reject)
         .await
         .expect("bind");
 
@@ -430,7 +353,7 @@ async fn a_server_whose_consul_session_is_destroyed_binds_again_under_a_new_one(
     );
     assert_eq!(
         store
-            .bind(session(2, "node-a"), BindPolicy::Reject)
+            .bind(session(2, "node-a", 20), BindPolicy::Reject)
             .await
             .expect("bind after the consul session was lost"),
         BindOutcome::Bound
@@ -441,10 +364,10 @@ async fn a_server_whose_consul_session_is_destroyed_binds_again_under_a_new_one(
             .await
             .expect("get")
             .map(|s| s.reference()),
-        Some(session(2, "node-a").reference())
+        Some(session(2, "node-a", 20).reference())
     );
     store
-        .refresh_server(&ServerId::new("node-a").expect("id"))
+        .refresh_server(&server_id("node-a"))
         .await
         .expect("refresh under the new consul session");
     assert_eq!(store.count_online().await.expect("count"), 1);

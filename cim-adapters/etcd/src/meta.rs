@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cim_core::codec::{decode_server, encode_server};
 use cim_core::meta_store::{
     Lease, MetaCapabilities, MetaEvent, MetaStore, MetaWatch, Registration,
 };
@@ -122,7 +123,7 @@ impl Inner {
         let mut servers = response
             .take_kvs()
             .iter()
-            .map(|kv| decode(kv.value()))
+            .map(|kv| decode_server(kv.value(), "etcd"))
             .collect::<Result<Vec<_>>>()?;
         servers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((revision, servers))
@@ -153,24 +154,12 @@ impl Inner {
         Some(match event.event_type() {
             EventType::Delete => Ok(MetaEvent::Removed(id)),
             // Version 1 is the key's first write since it was (re)created.
-            EventType::Put if kv.version() == 1 => decode(kv.value()).map(MetaEvent::Added),
-            EventType::Put => decode(kv.value()).map(MetaEvent::Updated),
+            EventType::Put if kv.version() == 1 => {
+                decode_server(kv.value(), "etcd").map(MetaEvent::Added)
+            }
+            EventType::Put => decode_server(kv.value(), "etcd").map(MetaEvent::Updated),
         })
     }
-}
-
-fn decode(value: &[u8]) -> Result<ServerInfo> {
-    serde_json::from_slice(value).map_err(|e| {
-        Error::internal("a server registration stored in etcd cannot be decoded")
-            .with_context("backend", "etcd")
-            .with_source(e)
-    })
-}
-
-fn encode(info: &ServerInfo) -> Result<String> {
-    serde_json::to_string(info).map_err(|e| {
-        Error::invalid_input("the server registration cannot be encoded").with_source(e)
-    })
 }
 
 /// A [`MetaStore`] in etcd, shared by every node of a cluster.
@@ -233,7 +222,7 @@ impl MetaStore for EtcdMetaStore {
     }
 
     async fn register(&self, info: ServerInfo) -> Result<Registration> {
-        let json = encode(&info)?;
+        let json = encode_server(&info)?;
         let Some(granted) = self.inner.register(&info.id, &json).await? else {
             return Err(Error::already_exists(format!(
                 "server {} is registered and its lease is live; wait for it to expire (at most \
@@ -523,7 +512,7 @@ impl Lease for EtcdLease {
     }
 
     async fn update(&self, info: ServerInfo) -> Result<()> {
-        let json = encode(&info)?;
+        let json = encode_server(&info)?;
         let lost = {
             let mut held = self.held.lock().await;
             held.json = json.clone();

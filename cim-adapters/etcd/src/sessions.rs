@@ -30,14 +30,14 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cim_core::codec::{decode_session, encode_session};
+use cim_core::paging::id_cursor;
 use cim_core::registry::{BackendOptions, BuildFuture, SessionStoreFactory};
 use cim_core::{
     BindOutcome, BindPolicy, Cursor, Error, Page, Result, ServerId, Session, SessionCapabilities,
     SessionRef, SessionStore, UserId,
 };
-use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp};
 use tokio::time::Instant;
 
 use crate::EtcdConfig;
@@ -293,7 +293,7 @@ impl EtcdSessionStore {
                 return Ok(outcome);
             }
             current = match range_result(&response, 0).first() {
-                Some(kv) => Some((kv.mod_revision(), decode(kv)?)),
+                Some(kv) => Some((kv.mod_revision(), decode_session(kv.value(), "etcd")?)),
                 None => None,
             };
         }
@@ -308,19 +308,6 @@ fn contended(what: String) -> Error {
     Error::conflict(format!("{what} kept changing under this operation; retry")).set_retryable(true)
 }
 
-fn decode(kv: &KeyValue) -> Result<Session> {
-    serde_json::from_slice(kv.value()).map_err(|e| {
-        Error::internal("a session stored in etcd cannot be decoded")
-            .with_context("backend", "etcd")
-            .with_source(e)
-    })
-}
-
-fn encode(session: &Session) -> Result<String> {
-    serde_json::to_string(session)
-        .map_err(|e| Error::internal("a session cannot be encoded").with_source(e))
-}
-
 #[async_trait]
 impl SessionStore for EtcdSessionStore {
     fn capabilities(&self) -> SessionCapabilities {
@@ -329,7 +316,7 @@ impl SessionStore for EtcdSessionStore {
 
     async fn bind(&self, session: Session, policy: BindPolicy) -> Result<BindOutcome> {
         let since = Instant::now();
-        let json = encode(&session)?;
+        let json = encode_session(&session)?;
         for _ in 0..LEASE_ROUNDS {
             let lease = self.server_lease(&session.server_id, since).await?;
             match self.bind_on(&session, &json, lease, policy).await {
@@ -348,7 +335,11 @@ impl SessionStore for EtcdSessionStore {
             .etcd
             .call("get session", self.etcd.kv().get(self.user_key(user), None))
             .await?;
-        response.kvs().first().map(decode).transpose()
+        response
+            .kvs()
+            .first()
+            .map(|kv| decode_session(kv.value(), "etcd"))
+            .transpose()
     }
 
     async fn get_many(&self, users: &[UserId]) -> Result<Vec<Session>> {
@@ -365,7 +356,7 @@ impl SessionStore for EtcdSessionStore {
                 .await?;
             for index in 0..chunk.len() {
                 if let Some(kv) = range_result(&response, index).first() {
-                    sessions.push(decode(kv)?);
+                    sessions.push(decode_session(kv.value(), "etcd")?);
                 }
             }
         }
@@ -383,7 +374,7 @@ impl SessionStore for EtcdSessionStore {
             let Some(kv) = current.first() else {
                 return Ok(false);
             };
-            if decode(kv)?.reference() != *session {
+            if decode_session(kv.value(), "etcd")?.reference() != *session {
                 return Ok(false);
             }
             let txn = Txn::new()
@@ -458,7 +449,9 @@ impl SessionStore for EtcdSessionStore {
         // Just after the cursor's key: the first key greater than it.
         let start = match cursor {
             Some(cursor) => {
-                let mut key = self.user_key(parse_cursor(cursor)?).into_bytes();
+                let mut key = self
+                    .user_key(UserId(id_cursor(Some(cursor), "list_online")?))
+                    .into_bytes();
                 key.push(0);
                 key
             }
@@ -475,7 +468,7 @@ impl SessionStore for EtcdSessionStore {
         let mut items = response
             .kvs()
             .iter()
-            .map(decode)
+            .map(|kv| decode_session(kv.value(), "etcd"))
             .collect::<Result<Vec<_>>>()?;
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let next = if items.len() > limit {
@@ -500,14 +493,4 @@ impl SessionStore for EtcdSessionStore {
             .await?;
         Ok(u64::try_from(response.count()).unwrap_or(0))
     }
-}
-
-/// A cursor is the last user id of the previous page, in decimal.
-fn parse_cursor(cursor: &Cursor) -> Result<UserId> {
-    cursor.0.parse::<u64>().map(UserId).map_err(|_| {
-        Error::invalid_input(format!(
-            "cursor {:?} was not returned by this session store; list again without a cursor",
-            cursor.0
-        ))
-    })
 }

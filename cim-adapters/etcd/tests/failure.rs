@@ -4,25 +4,21 @@
 //! stay listed, and a live registration or server lease that etcd lost (its data was wiped) is
 //! acquired again by its owner.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cim_adapter_etcd::{EtcdConfig, EtcdMetaStore, EtcdSessionStore};
-use cim_backend_fixtures::etcd::EtcdTarget;
-use cim_core::registry::{self, BackendOptions};
-use cim_core::{
-    BindPolicy, ConnectionId, ErrorKind, MetaEvent, MetaStore, MetaWatch, ServerId, ServerInfo,
-    Session, SessionStore, Timestamp, UserId,
+use cim_backend_fixtures::etcd::{EtcdTarget, etcd};
+use cim_backend_fixtures::outage::{
+    Folded, PROMPT, assert_fails_promptly, converge, until_recovered,
 };
+use cim_core::registry::{self, BackendOptions};
+use cim_core::{BindPolicy, ErrorKind, MetaEvent, MetaStore, SessionStore, UserId};
+use conformance_tests::support::{server_id, server_info, session};
 use futures::StreamExt;
 
 /// etcd's minimum lease TTL with its default election timeout.
 const TTL: Duration = Duration::from_secs(2);
-/// Long enough for a restart, a reconnect and a lease expiry on a loaded machine.
-const RECOVERY: Duration = Duration::from_secs(20);
-/// How long an operation may take while etcd is down: its timeouts, with room to spare.
-const PROMPT: Duration = Duration::from_secs(5);
 
 fn config(etcd: &EtcdTarget) -> EtcdConfig {
     EtcdConfig {
@@ -32,131 +28,9 @@ fn config(etcd: &EtcdTarget) -> EtcdConfig {
     }
 }
 
-fn session(user: u64, server: &str) -> Session {
-    Session {
-        user_id: UserId(user),
-        server_id: ServerId::new(server).expect("valid server id"),
-        connection_id: ConnectionId(user * 10),
-        device: "test".to_string(),
-        login_at: Timestamp::now(),
-    }
-}
-
-fn server(id: &str, port: u16) -> ServerInfo {
-    ServerInfo::new(
-        ServerId::new(id).expect("valid server id"),
-        "10.0.0.1",
-        port,
-        port + 1,
-    )
-}
-
-/// A server this test owns (failure tests cannot stop someone else's).
-fn owned_etcd() -> Option<EtcdTarget> {
-    let target = cim_backend_fixtures::etcd::etcd()?;
-    if let EtcdTarget::External { .. } = target {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: failure tests need an etcd they start themselves"
-        );
-        return None;
-    }
-    Some(target)
-}
-
-/// Asserts that `operation`, run while etcd is down, ends within [`PROMPT`] with a retryable
-/// `Unavailable` or `Timeout`.
-async fn assert_fails_promptly<T: std::fmt::Debug>(
-    what: &str,
-    operation: impl std::future::Future<Output = cim_core::Result<T>>,
-) {
-    let outcome = tokio::time::timeout(PROMPT, operation)
-        .await
-        .unwrap_or_else(|_| panic!("{what} on a stopped etcd must end within {PROMPT:?}"));
-    let error = outcome.expect_err(&format!("{what} while etcd is down must fail"));
-    assert!(
-        matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-        "{what}: expected Unavailable or Timeout while etcd is down, got {error}"
-    );
-    assert!(error.is_retryable(), "{error}");
-}
-
-/// What a watcher knows after folding its events, and whether a snapshot came after `mark`.
-#[derive(Default)]
-struct Folded {
-    servers: BTreeMap<ServerId, ServerInfo>,
-    resynced: bool,
-}
-
-impl Folded {
-    fn apply(&mut self, event: MetaEvent) {
-        match event {
-            MetaEvent::Snapshot(servers) => {
-                self.resynced = true;
-                self.servers = servers.into_iter().map(|s| (s.id.clone(), s)).collect();
-            }
-            MetaEvent::Added(info) | MetaEvent::Updated(info) => {
-                self.servers.insert(info.id.clone(), info);
-            }
-            MetaEvent::Removed(id) => {
-                self.servers.remove(&id);
-            }
-        }
-    }
-
-    fn list(&self) -> Vec<ServerInfo> {
-        self.servers.values().cloned().collect()
-    }
-}
-
-/// Folds `events` into `known` until it has resynced since the outage and shows `expected`;
-/// fails the test after [`RECOVERY`].
-async fn converge(events: &mut MetaWatch, known: &mut Folded, expected: &[ServerInfo]) {
-    let folding = async {
-        while !(known.resynced && known.list() == expected) {
-            match events.next().await {
-                Some(Ok(event)) => known.apply(event),
-                Some(Err(_)) => {} // transient, while etcd is away
-                None => panic!("the watch ended while the store is alive"),
-            }
-        }
-    };
-    if tokio::time::timeout(RECOVERY, folding).await.is_err() {
-        panic!(
-            "the watcher did not resync to {expected:?} within {RECOVERY:?}; it knows {:?} \
-             (resynced: {})",
-            known.list(),
-            known.resynced
-        );
-    }
-}
-
-/// Retries `operation` until it succeeds, allowing only transient errors, within [`RECOVERY`].
-async fn until_recovered<T, F, Fut>(what: &str, mut operation: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = cim_core::Result<T>>,
-{
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    loop {
-        match operation().await {
-            Ok(value) => return value,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                assert!(
-                    matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-                    "{what}: only transient errors while etcd comes back, got {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("{what} did not recover within {RECOVERY:?}: {error}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_builds_etcd_stores_from_config_keys() {
-    let Some(etcd) = cim_backend_fixtures::etcd::etcd() else {
+    let Some(etcd) = etcd() else {
         return;
     };
     let options = BackendOptions::new("sessions", "etcd")
@@ -169,7 +43,7 @@ async fn the_registry_builds_etcd_stores_from_config_keys() {
         .await
         .expect("build the etcd session store through the registry");
     sessions
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind");
     assert_eq!(sessions.count_online().await.expect("count"), 1);
@@ -213,13 +87,13 @@ async fn connecting_to_an_etcd_that_does_not_run_fails_promptly_with_unavailable
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_fail_while_etcd_is_down_and_survive_its_restart() {
-    let Some(mut etcd) = owned_etcd() else {
+    let Some(mut etcd) = etcd().and_then(|target| target.owned()) else {
         return;
     };
     let store = EtcdSessionStore::connect(&config(&etcd), "failure_sessions", TTL)
         .await
         .expect("connect");
-    let before = session(1, "node-1");
+    let before = session(1, "node-1", 10);
     store
         .bind(before.clone(), BindPolicy::Reject)
         .await
@@ -227,13 +101,17 @@ async fn sessions_fail_while_etcd_is_down_and_survive_its_restart() {
 
     let server = etcd.server_mut().expect("an owned server");
     server.stop();
-    assert_fails_promptly("bind", store.bind(session(2, "node-1"), BindPolicy::Reject)).await;
+    assert_fails_promptly(
+        "bind",
+        store.bind(session(2, "node-1", 20), BindPolicy::Reject),
+    )
+    .await;
     assert_fails_promptly("get", store.get(UserId(1))).await;
     assert_fails_promptly("refresh_server", store.refresh_server(&before.server_id)).await;
 
     server.restart().expect("restart etcd");
     until_recovered("bind after the restart", || {
-        store.bind(session(2, "node-1"), BindPolicy::Reject)
+        store.bind(session(2, "node-1", 20), BindPolicy::Reject)
     })
     .await;
     assert_eq!(
@@ -242,7 +120,7 @@ async fn sessions_fail_while_etcd_is_down_and_survive_its_restart() {
             .await
             .expect("get")
             .map(|s| s.reference()),
-        Some(session(2, "node-1").reference()),
+        Some(session(2, "node-1", 20).reference()),
         "the session bound after recovery is stored"
     );
     assert_eq!(
@@ -258,14 +136,14 @@ async fn sessions_fail_while_etcd_is_down_and_survive_its_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_lease_lost_with_etcds_data_is_replaced_and_binds_work_again() {
-    let Some(mut etcd) = owned_etcd() else {
+    let Some(mut etcd) = etcd().and_then(|target| target.owned()) else {
         return;
     };
     let store = EtcdSessionStore::connect(&config(&etcd), "failure_lost_lease", TTL)
         .await
         .expect("connect");
     store
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind while etcd runs");
 
@@ -275,7 +153,7 @@ async fn a_server_lease_lost_with_etcds_data_is_replaced_and_binds_work_again() 
         .restart_empty()
         .expect("restart etcd without its data");
 
-    let node = ServerId::new("node-1").expect("id");
+    let node = server_id("node-1");
     until_recovered("refresh after the data loss", || {
         store.refresh_server(&node)
     })
@@ -285,7 +163,7 @@ async fn a_server_lease_lost_with_etcds_data_is_replaced_and_binds_work_again() 
         None,
         "the data is gone"
     );
-    let again = session(1, "node-1");
+    let again = session(1, "node-1", 10);
     store
         .bind(again.clone(), BindPolicy::Reject)
         .await
@@ -303,7 +181,7 @@ async fn a_server_lease_lost_with_etcds_data_is_replaced_and_binds_work_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_longer_than_the_ttl_a_watcher_resyncs_and_no_dead_server_stays_listed() {
-    let Some(mut etcd) = owned_etcd() else {
+    let Some(mut etcd) = etcd().and_then(|target| target.owned()) else {
         return;
     };
     let store: Arc<dyn MetaStore> = Arc::new(
@@ -311,8 +189,8 @@ async fn after_an_outage_longer_than_the_ttl_a_watcher_resyncs_and_no_dead_serve
             .await
             .expect("connect"),
     );
-    let staying = server("staying", 7000);
-    let dying = server("dying", 7002);
+    let staying = server_info("staying", 7000);
+    let dying = server_info("dying", 7002);
     let _staying = store.register(staying.clone()).await.expect("register");
     let dying_registration = store.register(dying.clone()).await.expect("register");
     let mut events = store.watch().await.expect("watch");
@@ -325,31 +203,33 @@ async fn after_an_outage_longer_than_the_ttl_a_watcher_resyncs_and_no_dead_serve
             .expect("no error"),
     );
     assert_eq!(known.list(), vec![dying.clone(), staying.clone()]);
-    known.resynced = false;
 
     let server = etcd.server_mut().expect("an owned server");
     server.stop();
     // The owner of "dying" dies while etcd is away: nobody will renew its lease again.
     drop(dying_registration);
     assert_fails_promptly("list", store.list()).await;
-    assert_fails_promptly("register", store.register(server_info_for("late"))).await;
+    assert_fails_promptly("register", store.register(server_info("late", 7100))).await;
     // The outage itself: longer than the TTL, so that every lease would have expired by now.
     tokio::time::sleep(TTL * 2).await;
     server.restart().expect("restart etcd");
 
     // etcd extends every lease when it comes back, so the live registration is renewed in time
     // and the dead one expires one TTL later.
-    converge(&mut events, &mut known, std::slice::from_ref(&staying)).await;
-    assert_eq!(
-        store.list().await.expect("list after recovery"),
-        vec![staying],
-        "only the live registration is listed after the outage"
-    );
+    // Only the live registration is listed after the outage.
+    converge(
+        &mut events,
+        &mut known,
+        store.as_ref(),
+        std::slice::from_ref(&staying),
+        true,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_registration_that_etcd_lost_registers_again_by_itself() {
-    let Some(mut etcd) = owned_etcd() else {
+    let Some(mut etcd) = etcd().and_then(|target| target.owned()) else {
         return;
     };
     let store: Arc<dyn MetaStore> = Arc::new(
@@ -357,7 +237,7 @@ async fn a_live_registration_that_etcd_lost_registers_again_by_itself() {
             .await
             .expect("connect"),
     );
-    let info = server("node-1", 7000);
+    let info = server_info("node-1", 7000);
     let registration = store.register(info.clone()).await.expect("register");
     let mut events = store.watch().await.expect("watch");
     let mut known = Folded::default();
@@ -369,7 +249,6 @@ async fn a_live_registration_that_etcd_lost_registers_again_by_itself() {
             .expect("no error"),
     );
     assert_eq!(known.list(), vec![info.clone()]);
-    known.resynced = false;
 
     // A rebuilt cluster: the key and its lease are gone. The keep-alive finds the lease lost
     // and registers the server again; the watcher resyncs and sees it.
@@ -378,8 +257,14 @@ async fn a_live_registration_that_etcd_lost_registers_again_by_itself() {
         .restart_empty()
         .expect("restart etcd without its data");
 
-    converge(&mut events, &mut known, std::slice::from_ref(&info)).await;
-    assert_eq!(store.list().await.expect("list"), vec![info.clone()]);
+    converge(
+        &mut events,
+        &mut known,
+        store.as_ref(),
+        std::slice::from_ref(&info),
+        true,
+    )
+    .await;
 
     // The new lease is the registration's own: an update goes through, deregistering removes it.
     let mut busier = info.clone();
@@ -392,7 +277,7 @@ async fn a_live_registration_that_etcd_lost_registers_again_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_node_removes_a_dead_servers_sessions_at_once() {
-    let Some(etcd) = cim_backend_fixtures::etcd::etcd() else {
+    let Some(etcd) = etcd() else {
         return;
     };
     let dead_node = EtcdSessionStore::connect(&config(&etcd), "failure_remove_server", TTL * 30)
@@ -403,17 +288,17 @@ async fn another_node_removes_a_dead_servers_sessions_at_once() {
         .expect("connect another node");
     for user in 1..=3 {
         dead_node
-            .bind(session(user, "dead-node"), BindPolicy::Reject)
+            .bind(session(user, "dead-node", user * 10), BindPolicy::Reject)
             .await
             .expect("bind on the node that dies");
     }
     other_node
-        .bind(session(4, "other-node"), BindPolicy::Reject)
+        .bind(session(4, "other-node", 40), BindPolicy::Reject)
         .await
         .expect("bind on the other node");
 
     let removed = other_node
-        .remove_server(&ServerId::new("dead-node").expect("id"))
+        .remove_server(&server_id("dead-node"))
         .await
         .expect("remove the dead server from another node");
 
@@ -424,7 +309,7 @@ async fn another_node_removes_a_dead_servers_sessions_at_once() {
     assert_eq!(dead_node.count_online().await.expect("count"), 1);
     // The removed server comes back: it gets a new lease and can bind again.
     dead_node
-        .bind(session(1, "dead-node"), BindPolicy::Reject)
+        .bind(session(1, "dead-node", 10), BindPolicy::Reject)
         .await
         .expect("bind after the server was removed");
     assert_eq!(other_node.count_online().await.expect("count"), 2);
@@ -432,7 +317,7 @@ async fn another_node_removes_a_dead_servers_sessions_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_authentication_the_stores_work_as_a_user_allowed_only_the_prefix() {
-    let Some(etcd) = owned_etcd() else {
+    let Some(etcd) = etcd().and_then(|target| target.owned()) else {
         return;
     };
     enable_authentication(&etcd, "cim", "cim-password", "/cim/").await;
@@ -446,10 +331,10 @@ async fn with_authentication_the_stores_work_as_a_user_allowed_only_the_prefix()
         .await
         .expect("connect as the cim user");
     sessions
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind");
-    let node = ServerId::new("node-1").expect("id");
+    let node = server_id("node-1");
     sessions.refresh_server(&node).await.expect("refresh");
     assert_eq!(sessions.count_online().await.expect("count"), 1);
     assert_eq!(sessions.remove_server(&node).await.expect("remove"), 1);
@@ -457,7 +342,7 @@ async fn with_authentication_the_stores_work_as_a_user_allowed_only_the_prefix()
     let meta = EtcdMetaStore::connect(&as_cim, "auth", TTL)
         .await
         .expect("connect as the cim user");
-    let info = server("node-1", 7000);
+    let info = server_info("node-1", 7000);
     let registration = meta.register(info.clone()).await.expect("register");
     let mut events = meta.watch().await.expect("watch");
     let first = events.next().await.expect("an event").expect("no error");
@@ -491,7 +376,7 @@ async fn with_authentication_the_stores_work_as_a_user_allowed_only_the_prefix()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_watch_keeps_its_connection_with_short_timeouts() {
-    let Some(etcd) = cim_backend_fixtures::etcd::etcd() else {
+    let Some(etcd) = etcd() else {
         return;
     };
     // Short timeouts must not mean pings frequent enough for etcd to drop the connection
@@ -508,10 +393,6 @@ async fn an_idle_watch_keeps_its_connection_with_short_timeouts() {
     if let Ok(event) = tokio::time::timeout(quiet, events.next()).await {
         panic!("an idle watch must stay quiet, but within {quiet:?} it yielded {event:?}");
     }
-}
-
-fn server_info_for(id: &str) -> ServerInfo {
-    server(id, 7100)
 }
 
 /// Turns authentication on, with a root user and `user` allowed to read and write `prefix` only.

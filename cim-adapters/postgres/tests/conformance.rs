@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let Some(target) = cim_backend_fixtures::postgres::postgres() else {
         return ExitCode::SUCCESS;
     };
-    let accounts_config = config(&target.url());
+    let accounts_config = config(&target.address());
     let messages_config = accounts_config.clone();
     let sessions_config = accounts_config.clone();
     let meta_config = accounts_config.clone();

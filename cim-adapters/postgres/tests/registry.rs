@@ -17,7 +17,7 @@ async fn every_section_builds_from_config_by_name() {
         BackendOptions::new(section, "postgres")
             .with_namespace("registry_build")
             .with_ttl(Some(std::time::Duration::from_secs(5)))
-            .with_option("url", target.url())
+            .with_option("url", target.address())
             .with_option("pool_size", 2)
             .with_option("connect_timeout", "2s")
             .with_option("statement_timeout", "5s")

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cim_core::codec::{decode_server, encode_server};
 use cim_core::meta_store::{
     Lease, MetaCapabilities, MetaEvent, MetaStore, MetaWatch, Registration,
 };
@@ -234,7 +235,7 @@ impl Inner {
             .map_err(|_| Error::internal(format!("redis meta version {version:?} is no number")))?;
         let mut servers = infos
             .iter()
-            .map(|info| decode(info))
+            .map(|info| decode_server(info.as_bytes(), "redis"))
             .collect::<Result<Vec<_>>>()?;
         servers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((version, servers))
@@ -271,20 +272,6 @@ impl Inner {
             .map_err(|e| convert(e, "watch"))?;
         Ok(pubsub)
     }
-}
-
-fn decode(info: &str) -> Result<ServerInfo> {
-    serde_json::from_str(info).map_err(|e| {
-        Error::internal("a server registration stored in redis cannot be decoded")
-            .with_context("backend", "redis")
-            .with_source(e)
-    })
-}
-
-fn encode(info: &ServerInfo) -> Result<String> {
-    serde_json::to_string(info).map_err(|e| {
-        Error::invalid_input("the server registration cannot be encoded").with_source(e)
-    })
 }
 
 /// A [`MetaStore`] in Redis, shared by every node of a cluster.
@@ -371,7 +358,7 @@ impl MetaStore for RedisMetaStore {
     }
 
     async fn register(&self, info: ServerInfo) -> Result<Registration> {
-        let json = encode(&info)?;
+        let json = encode_server(&info)?;
         let token = format!(
             "{:016x}{:016x}",
             rand::random::<u64>(),
@@ -555,8 +542,8 @@ fn parse_event(payload: &str) -> Option<(u64, Result<MetaEvent>)> {
     let kind = parts.next()?;
     let body = parts.next()?;
     let event = match kind {
-        "added" => decode(body).map(MetaEvent::Added),
-        "updated" => decode(body).map(MetaEvent::Updated),
+        "added" => decode_server(body.as_bytes(), "redis").map(MetaEvent::Added),
+        "updated" => decode_server(body.as_bytes(), "redis").map(MetaEvent::Updated),
         "removed" => ServerId::new(body).map(MetaEvent::Removed),
         _ => return None,
     };
@@ -642,7 +629,7 @@ impl Lease for RedisLease {
     }
 
     async fn update(&self, info: ServerInfo) -> Result<()> {
-        let json = encode(&info)?;
+        let json = encode_server(&info)?;
         *self.info.lock().unwrap_or_else(PoisonError::into_inner) = json.clone();
         let outcome = self
             .inner

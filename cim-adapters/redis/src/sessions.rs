@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cim_core::codec::{decode_session, encode_session};
+use cim_core::paging::id_cursor;
 use cim_core::registry::{BackendOptions, BuildFuture, SessionStoreFactory};
 use cim_core::{
     BindOutcome, BindPolicy, Cursor, Error, Page, Result, ServerId, Session, SessionCapabilities,
@@ -265,19 +267,6 @@ impl RedisSessionStore {
     }
 }
 
-fn decode(json: &str) -> Result<Session> {
-    serde_json::from_str(json).map_err(|e| {
-        Error::internal("a session stored in redis cannot be decoded")
-            .with_context("backend", "redis")
-            .with_source(e)
-    })
-}
-
-fn encode(session: &Session) -> Result<String> {
-    serde_json::to_string(session)
-        .map_err(|e| Error::internal("a session cannot be encoded").with_source(e))
-}
-
 #[async_trait]
 impl SessionStore for RedisSessionStore {
     fn capabilities(&self) -> SessionCapabilities {
@@ -285,7 +274,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn bind(&self, session: Session, policy: BindPolicy) -> Result<BindOutcome> {
-        let json = encode(&session)?;
+        let json = encode_session(&session)?;
         let policy_arg = match policy {
             BindPolicy::Reject => "reject",
             BindPolicy::Replace => "replace",
@@ -305,7 +294,10 @@ impl SessionStore for RedisSessionStore {
             .map_err(|e| convert(e, "bind"))?;
         match reply.as_slice() {
             [tag] if tag == "bound" => Ok(BindOutcome::Bound),
-            [tag, json] if tag == "replaced" => Ok(BindOutcome::Replaced(decode(json)?)),
+            [tag, json] if tag == "replaced" => Ok(BindOutcome::Replaced(decode_session(
+                json.as_bytes(),
+                "redis",
+            )?)),
             [tag, server] if tag == "exists" => Err(Error::already_exists(format!(
                 "user {} is already online on server {server}; unbind that session first or bind \
                  with the replace policy",
@@ -333,7 +325,10 @@ impl SessionStore for RedisSessionStore {
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "get sessions"))?;
-        found.iter().map(|json| decode(json)).collect()
+        found
+            .iter()
+            .map(|json| decode_session(json.as_bytes(), "redis"))
+            .collect()
     }
 
     async fn unbind(&self, session: &SessionRef) -> Result<bool> {
@@ -380,7 +375,7 @@ impl SessionStore for RedisSessionStore {
             ));
         }
         let start = match cursor {
-            Some(cursor) => format!("({}", padded(parse_cursor(cursor)?.0)),
+            Some(cursor) => format!("({}", padded(id_cursor(Some(cursor), "list_online")?)),
             None => "-".to_string(),
         };
         // One more than asked, to know whether a next page exists.
@@ -395,7 +390,7 @@ impl SessionStore for RedisSessionStore {
             .map_err(|e| convert(e, "list online"))?;
         let mut items = found
             .iter()
-            .map(|json| decode(json))
+            .map(|json| decode_session(json.as_bytes(), "redis"))
             .collect::<Result<Vec<_>>>()?;
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let next = if items.len() > limit {
@@ -415,14 +410,4 @@ impl SessionStore for RedisSessionStore {
             .await
             .map_err(|e| convert(e, "count online"))
     }
-}
-
-/// A cursor is the last user id of the previous page, in decimal.
-fn parse_cursor(cursor: &Cursor) -> Result<UserId> {
-    cursor.0.parse::<u64>().map(UserId).map_err(|_| {
-        Error::invalid_input(format!(
-            "cursor {:?} was not returned by this session store; list again without a cursor",
-            cursor.0
-        ))
-    })
 }

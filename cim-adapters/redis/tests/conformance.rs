@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let Some(redis) = cim_backend_fixtures::redis::redis() else {
         return ExitCode::SUCCESS;
     };
-    let url = redis.url();
+    let url = redis.address();
     let sessions_url = url.clone();
     let meta_url = url.clone();
     let accounts_url = url.clone();

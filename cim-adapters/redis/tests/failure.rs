@@ -6,17 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cim_adapter_redis::{RedisConfig, RedisMetaStore, RedisSessionStore};
-use cim_backend_fixtures::RedisTarget;
+use cim_backend_fixtures::outage::{Folded, assert_fails_promptly, converge, until_recovered};
+use cim_backend_fixtures::redis::redis;
 use cim_core::registry::{self, BackendOptions};
-use cim_core::{
-    BindPolicy, ConnectionId, ErrorKind, MetaEvent, MetaStore, ServerId, ServerInfo, Session,
-    SessionStore, Timestamp, UserId,
-};
+use cim_core::{BindPolicy, ErrorKind, MetaEvent, MetaStore, SessionStore, UserId};
+use conformance_tests::support::{server_info, session};
 use futures::StreamExt;
 
 const TTL: Duration = Duration::from_secs(1);
-/// Long enough for a restart and a reconnect on a loaded machine.
-const RECOVERY: Duration = Duration::from_secs(15);
 
 fn config(url: String) -> RedisConfig {
     RedisConfig {
@@ -26,45 +23,21 @@ fn config(url: String) -> RedisConfig {
     }
 }
 
-fn session(user: u64, server: &str) -> Session {
-    Session {
-        user_id: UserId(user),
-        server_id: ServerId::new(server).expect("valid server id"),
-        connection_id: ConnectionId(user * 10),
-        device: "test".to_string(),
-        login_at: Timestamp::now(),
-    }
-}
-
-/// A server this test owns (failure tests cannot stop someone else's).
-fn owned_redis() -> Option<RedisTarget> {
-    let target = cim_backend_fixtures::redis::redis()?;
-    if let RedisTarget::External { .. } = target {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: failure tests need a redis-server they start themselves"
-        );
-        return None;
-    }
-    Some(target)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_builds_redis_stores_from_config_keys() {
-    let Some(redis) = cim_backend_fixtures::redis::redis() else {
+    let Some(redis) = redis() else {
         return;
     };
     let options = BackendOptions::new("sessions", "redis")
         .with_namespace("registry_test")
         .with_ttl(Some(TTL))
-        .with_option("url", redis.url())
+        .with_option("url", redis.address())
         .with_option("response_timeout", "2s");
     let sessions = registry::build::<dyn SessionStore>(options.clone())
         .await
         .expect("build the redis session store through the registry");
     sessions
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind");
     assert_eq!(sessions.count_online().await.expect("count"), 1);
@@ -73,7 +46,7 @@ async fn the_registry_builds_redis_stores_from_config_keys() {
         BackendOptions::new("meta", "redis")
             .with_namespace("registry_test")
             .with_ttl(Some(TTL))
-            .with_option("url", redis.url()),
+            .with_option("url", redis.address()),
     )
     .await
     .expect("build the redis meta store through the registry");
@@ -97,67 +70,49 @@ fn the_config_never_shows_the_password() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_unavailable_while_redis_is_down_and_recover_when_it_is_back() {
-    let Some(mut redis) = owned_redis() else {
+    let Some(mut redis) = redis().and_then(|target| target.owned()) else {
         return;
     };
-    let store = RedisSessionStore::connect(&config(redis.url()), "failure_sessions", TTL * 30)
+    let store = RedisSessionStore::connect(&config(redis.address()), "failure_sessions", TTL * 30)
         .await
         .expect("connect");
     store
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind while redis runs");
 
     let server = redis.server_mut().expect("an owned server");
     server.stop();
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(5),
-        store.bind(session(2, "node-1"), BindPolicy::Reject),
+    assert_fails_promptly(
+        "bind",
+        store.bind(session(2, "node-1", 20), BindPolicy::Reject),
     )
-    .await
-    .expect("an operation on a stopped redis ends within its timeouts");
-    let error = outcome.expect_err("binding while redis is down fails");
-    assert!(
-        matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-        "expected Unavailable or Timeout while redis is down, got {error}"
-    );
-    assert!(error.is_retryable(), "{error}");
+    .await;
 
     server.restart().expect("restart redis");
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    loop {
-        match store.bind(session(2, "node-1"), BindPolicy::Reject).await {
-            Ok(_) => break,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                assert!(
-                    matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-                    "only transient errors while reconnecting, got {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("the store did not recover within {RECOVERY:?}: {error}"),
-        }
-    }
+    until_recovered("bind after the restart", || {
+        store.bind(session(2, "node-1", 20), BindPolicy::Reject)
+    })
+    .await;
     let bound = store.get(UserId(2)).await.expect("get after recovery");
     assert_eq!(
         bound.map(|s| s.reference()),
-        Some(session(2, "node-1").reference()),
+        Some(session(2, "node-1", 20).reference()),
         "the session bound after recovery is stored"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_resyncs_and_a_live_registration_returns_after_redis_restarts() {
-    let Some(mut redis) = owned_redis() else {
+    let Some(mut redis) = redis().and_then(|target| target.owned()) else {
         return;
     };
     let store: Arc<dyn MetaStore> = Arc::new(
-        RedisMetaStore::connect(&config(redis.url()), "failure_meta", TTL)
+        RedisMetaStore::connect(&config(redis.address()), "failure_meta", TTL)
             .await
             .expect("connect"),
     );
-    let id = ServerId::new("node-1").expect("valid id");
-    let info = ServerInfo::new(id.clone(), "10.0.0.1", 7000, 7001);
+    let info = server_info("node-1", 7000);
     let _registration = store.register(info.clone()).await.expect("register");
     let mut events = store.watch().await.expect("watch");
     let first = events
@@ -173,24 +128,12 @@ async fn a_watcher_resyncs_and_a_live_registration_returns_after_redis_restarts(
 
     // The restarted redis is empty: the watcher must resync, and the keep-alive must put the
     // live registration back, which the watcher then sees.
-    let restored = tokio::time::timeout(RECOVERY, async {
-        let mut resynced = false;
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(MetaEvent::Snapshot(servers)) => {
-                    resynced = true;
-                    if servers.contains(&info) {
-                        return resynced;
-                    }
-                }
-                Ok(MetaEvent::Added(added)) if resynced && added == info => return resynced,
-                _ => {}
-            }
-        }
-        false
-    })
-    .await
-    .expect("the watcher resyncs and sees the registration again in time");
-    assert!(restored, "the watch stream ended instead of resyncing");
-    assert_eq!(store.list().await.expect("list after recovery"), vec![info]);
+    converge(
+        &mut events,
+        &mut Folded::default(),
+        store.as_ref(),
+        &[info],
+        true,
+    )
+    .await;
 }

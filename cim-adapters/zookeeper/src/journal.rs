@@ -138,7 +138,7 @@ mod tests {
         let Some(zookeeper) = cim_backend_fixtures::zookeeper::zookeeper() else {
             return;
         };
-        let config = crate::ZooKeeperConfig::new(zookeeper.connect_string());
+        let config = crate::ZooKeeperConfig::new(zookeeper.address());
         let zk = ZooKeeper::open(&config, Duration::from_secs(2))
             .await
             .expect("connect");

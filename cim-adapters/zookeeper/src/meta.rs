@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cim_core::codec::{decode_server, encode_server};
 use cim_core::meta_store::{
     Lease, MetaCapabilities, MetaEvent, MetaStore, MetaWatch, Registration,
 };
@@ -466,7 +467,7 @@ impl Inner {
             for (name, result) in batch.iter().zip(results) {
                 match result {
                     MultiReadResult::Data { data, stat } => {
-                        let info = decode(&data)?;
+                        let info = decode_server(&data, "zookeeper")?;
                         if info.id.as_str() != name {
                             return Err(Error::internal(format!(
                                 "the ZooKeeper node of server {name} holds the registration of {}",
@@ -501,20 +502,6 @@ fn busy(operation: &str) -> Error {
         "{operation}: the ZooKeeper node kept changing under this operation; retry"
     ))
     .set_retryable(true)
-}
-
-fn decode(data: &[u8]) -> Result<ServerInfo> {
-    serde_json::from_slice(data).map_err(|e| {
-        Error::internal("a server registration stored in zookeeper cannot be decoded")
-            .with_context("backend", "zookeeper")
-            .with_source(e)
-    })
-}
-
-fn encode(info: &ServerInfo) -> Result<String> {
-    serde_json::to_string(info).map_err(|e| {
-        Error::invalid_input("the server registration cannot be encoded").with_source(e)
-    })
 }
 
 /// A [`MetaStore`] in ZooKeeper, shared by every node of a cluster.
@@ -632,7 +619,7 @@ impl MetaStore for ZooKeeperMetaStore {
 
     async fn register(&self, info: ServerInfo) -> Result<Registration> {
         check_server_id(&info.id)?;
-        let json = encode(&info)?;
+        let json = encode_server(&info)?;
         let inner = &self.inner;
         let _placing = inner.placing.lock().await;
         if inner.is_live(&info.id) {
@@ -766,7 +753,7 @@ impl Lease for ZooKeeperLease {
     }
 
     async fn update(&self, info: ServerInfo) -> Result<()> {
-        let json = encode(&info)?;
+        let json = encode_server(&info)?;
         self.inner.update(&self.entry, json).await
     }
 

@@ -17,8 +17,8 @@ fn main() -> ExitCode {
     let Some(zookeeper) = cim_backend_fixtures::zookeeper::zookeeper() else {
         return ExitCode::SUCCESS;
     };
-    let meta_connect = zookeeper.connect_string();
-    let sessions_connect = zookeeper.connect_string();
+    let meta_connect = zookeeper.address();
+    let sessions_connect = zookeeper.address();
     let code = Suite::new("zookeeper")
         .ttl(TTL)
         .meta(move |ctx| {

@@ -6,25 +6,20 @@
 //! stay listed. Also: the registry builds both stores from config keys, and `digest` credentials
 //! keep other clients out.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cim_adapter_zookeeper::{ZooKeeperConfig, ZooKeeperMetaStore, ZooKeeperSessionStore};
-use cim_backend_fixtures::zookeeper::ZooKeeperTarget;
-use cim_core::registry::{self, BackendOptions};
-use cim_core::{
-    BindPolicy, ConnectionId, ErrorKind, MetaEvent, MetaStore, MetaWatch, SecretString, ServerId,
-    ServerInfo, Session, SessionStore, Timestamp, UserId,
+use cim_backend_fixtures::outage::{
+    Folded, PROMPT, assert_fails_promptly, converge, until_recovered,
 };
-use futures::StreamExt;
+use cim_backend_fixtures::zookeeper::zookeeper;
+use cim_core::registry::{self, BackendOptions};
+use cim_core::{BindPolicy, ErrorKind, MetaStore, SecretString, Session, SessionStore, UserId};
+use conformance_tests::support::{server_info, session};
 
 /// The TTL, and so the ZooKeeper session timeout, of the stores that live through outages.
 const TTL: Duration = Duration::from_secs(1);
-/// Long enough for a restart, a new session and an expiry on a loaded machine.
-const RECOVERY: Duration = Duration::from_secs(20);
-/// How long an operation may take to fail while ZooKeeper is down.
-const PROMPT: Duration = Duration::from_secs(5);
 
 fn config(connect: String) -> ZooKeeperConfig {
     ZooKeeperConfig {
@@ -34,129 +29,15 @@ fn config(connect: String) -> ZooKeeperConfig {
     }
 }
 
-fn session(user: u64, server: &str) -> Session {
-    Session {
-        user_id: UserId(user),
-        server_id: ServerId::new(server).expect("valid server id"),
-        connection_id: ConnectionId(user * 10),
-        device: "test".to_string(),
-        login_at: Timestamp::now(),
-    }
-}
-
-fn server(id: &str, port: u16) -> ServerInfo {
-    ServerInfo::new(
-        ServerId::new(id).expect("valid server id"),
-        "10.0.0.1",
-        port,
-        port + 1,
-    )
-}
-
-/// A server this test owns (failure tests cannot stop someone else's).
-fn owned_zookeeper() -> Option<ZooKeeperTarget> {
-    let target = cim_backend_fixtures::zookeeper::zookeeper()?;
-    if let ZooKeeperTarget::External { .. } = target {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: failure tests need a ZooKeeper they start themselves"
-        );
-        return None;
-    }
-    Some(target)
-}
-
-/// Asserts that `operation` fails promptly with a retryable `Unavailable` or `Timeout`.
-async fn assert_fails_promptly<T: std::fmt::Debug>(
-    what: &str,
-    operation: impl Future<Output = cim_core::Result<T>>,
-) {
-    let outcome = tokio::time::timeout(PROMPT, operation)
-        .await
-        .unwrap_or_else(|_| panic!("{what} on a stopped ZooKeeper must end within {PROMPT:?}"));
-    let error = outcome.expect_err(what);
-    assert!(
-        matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-        "{what}: expected Unavailable or Timeout while ZooKeeper is down, got {error}"
-    );
-    assert!(error.is_retryable(), "{what}: {error}");
-}
-
-/// What a watcher knows after folding the events it read: a snapshot replaces everything.
-#[derive(Debug, Default)]
-struct Folded {
-    servers: BTreeMap<ServerId, ServerInfo>,
-    snapshots: usize,
-}
-
-impl Folded {
-    fn apply(&mut self, event: MetaEvent) {
-        match event {
-            MetaEvent::Snapshot(servers) => {
-                self.snapshots += 1;
-                self.servers = servers
-                    .into_iter()
-                    .map(|info| (info.id.clone(), info))
-                    .collect();
-            }
-            MetaEvent::Added(info) | MetaEvent::Updated(info) => {
-                self.servers.insert(info.id.clone(), info);
-            }
-            MetaEvent::Removed(id) => {
-                self.servers.remove(&id);
-            }
-        }
-    }
-
-    fn list(&self) -> Vec<ServerInfo> {
-        self.servers.values().cloned().collect()
-    }
-}
-
-/// Reads `events` until the folded state and `store.list()` both equal `expected` (and, if
-/// `resync`, a snapshot arrived on the way), failing the test after [`RECOVERY`].
-async fn converge(
-    events: &mut MetaWatch,
-    known: &mut Folded,
-    store: &dyn MetaStore,
-    expected: &[ServerInfo],
-    resync: bool,
-) {
-    let snapshots_before = known.snapshots;
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    loop {
-        let resynced = !resync || known.snapshots > snapshots_before;
-        if resynced
-            && known.list() == expected
-            && store.list().await.is_ok_and(|listed| listed == expected)
-        {
-            return;
-        }
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Ok(event))) => known.apply(event),
-            // Transient while ZooKeeper comes back; the next item may be a snapshot.
-            Ok(Some(Err(_))) => {}
-            Ok(None) => panic!("the watch ended while the store is alive"),
-            Err(_) => panic!(
-                "within {RECOVERY:?} the watcher (resynced: {resynced}) knows {:?} and list() \
-                 says {:?}; expected {expected:?}",
-                known.list(),
-                store.list().await
-            ),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_builds_zookeeper_stores_from_config_keys() {
-    let Some(zookeeper) = cim_backend_fixtures::zookeeper::zookeeper() else {
+    let Some(zookeeper) = zookeeper() else {
         return;
     };
     let options = BackendOptions::new("sessions", "zookeeper")
         .with_namespace("registry_test")
         .with_ttl(Some(TTL))
-        .with_option("connect", zookeeper.connect_string())
+        .with_option("connect", zookeeper.address())
         .with_option("root", "/cim-registry")
         .with_option("connect_timeout", "2s")
         .with_option("request_timeout", "2s");
@@ -164,7 +45,7 @@ async fn the_registry_builds_zookeeper_stores_from_config_keys() {
         .await
         .expect("build the zookeeper session store through the registry");
     sessions
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind");
     assert_eq!(sessions.count_online().await.expect("count"), 1);
@@ -173,7 +54,7 @@ async fn the_registry_builds_zookeeper_stores_from_config_keys() {
         BackendOptions::new("meta", "zookeeper")
             .with_namespace("registry_test")
             .with_ttl(Some(TTL))
-            .with_option("connect", zookeeper.connect_string()),
+            .with_option("connect", zookeeper.address()),
     )
     .await
     .expect("build the zookeeper meta store through the registry");
@@ -207,29 +88,29 @@ fn the_config_never_shows_the_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_without_the_digest_credentials_is_refused() {
-    let Some(zookeeper) = cim_backend_fixtures::zookeeper::zookeeper() else {
+    let Some(zookeeper) = zookeeper() else {
         return;
     };
     let protected = ZooKeeperConfig {
         digest: Some(SecretString::new("cim:secret")),
-        ..config(zookeeper.connect_string())
+        ..config(zookeeper.address())
     };
     let owner = ZooKeeperMetaStore::connect(&protected, "digest_test", TTL * 10)
         .await
         .expect("connect with credentials");
     let _registration = owner
-        .register(server("node-1", 7000))
+        .register(server_info("node-1", 7000))
         .await
         .expect("register with credentials");
     assert_eq!(
         owner.list().await.expect("list"),
-        vec![server("node-1", 7000)]
+        vec![server_info("node-1", 7000)]
     );
 
     for (who, digest) in [("no", None), ("other", Some("cim:guess"))] {
         let outsider = ZooKeeperConfig {
             digest: digest.map(SecretString::new),
-            ..config(zookeeper.connect_string())
+            ..config(zookeeper.address())
         };
         let outcome = async {
             let store = ZooKeeperMetaStore::connect(&outsider, "digest_test", TTL * 10).await?;
@@ -247,21 +128,20 @@ async fn a_store_without_the_digest_credentials_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_cannot_register_a_live_id_until_its_owner_is_gone() {
-    let Some(zookeeper) = cim_backend_fixtures::zookeeper::zookeeper() else {
+    let Some(zookeeper) = zookeeper() else {
         return;
     };
-    let first = ZooKeeperMetaStore::connect(&config(zookeeper.connect_string()), "owner_test", TTL)
+    let first = ZooKeeperMetaStore::connect(&config(zookeeper.address()), "owner_test", TTL)
         .await
         .expect("connect the first node");
-    let second =
-        ZooKeeperMetaStore::connect(&config(zookeeper.connect_string()), "owner_test", TTL)
-            .await
-            .expect("connect the second node");
-    let original = server("node-1", 7000);
+    let second = ZooKeeperMetaStore::connect(&config(zookeeper.address()), "owner_test", TTL)
+        .await
+        .expect("connect the second node");
+    let original = server_info("node-1", 7000);
     let registration = first.register(original.clone()).await.expect("register");
 
     let error = second
-        .register(server("node-1", 7100))
+        .register(server_info("node-1", 7100))
         .await
         .expect_err("the id is live in another process");
     assert_eq!(error.kind(), ErrorKind::AlreadyExists, "{error}");
@@ -271,7 +151,7 @@ async fn another_process_cannot_register_a_live_id_until_its_owner_is_gone() {
     // The first process stops (its store and registration go): the id is free at once.
     drop(registration);
     drop(first);
-    let successor = server("node-1", 7100);
+    let successor = server_info("node-1", 7100);
     let deadline = tokio::time::Instant::now() + PROMPT;
     let _registration = loop {
         match second.register(successor.clone()).await {
@@ -291,19 +171,19 @@ async fn another_process_cannot_register_a_live_id_until_its_owner_is_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_nodes_users_are_released_by_zookeeper() {
-    let Some(zookeeper) = cim_backend_fixtures::zookeeper::zookeeper() else {
+    let Some(zookeeper) = zookeeper() else {
         return;
     };
     let crashing =
-        ZooKeeperSessionStore::connect(&config(zookeeper.connect_string()), "crash_test", TTL * 30)
+        ZooKeeperSessionStore::connect(&config(zookeeper.address()), "crash_test", TTL * 30)
             .await
             .expect("connect");
     let survivor =
-        ZooKeeperSessionStore::connect(&config(zookeeper.connect_string()), "crash_test", TTL * 30)
+        ZooKeeperSessionStore::connect(&config(zookeeper.address()), "crash_test", TTL * 30)
             .await
             .expect("connect");
     crashing
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind on the node that crashes");
     assert!(survivor.get(UserId(1)).await.expect("get").is_some());
@@ -320,26 +200,23 @@ async fn a_crashed_nodes_users_are_released_by_zookeeper() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     survivor
-        .bind(session(1, "node-2"), BindPolicy::Reject)
+        .bind(session(1, "node-2", 10), BindPolicy::Reject)
         .await
         .expect("the user logs in again elsewhere");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_unavailable_while_zookeeper_is_down_and_recover_when_it_is_back() {
-    let Some(mut zookeeper) = owned_zookeeper() else {
+    let Some(mut zookeeper) = zookeeper().and_then(|target| target.owned()) else {
         return;
     };
     // A long TTL: this outage is shorter than the ZooKeeper session timeout.
-    let store = ZooKeeperSessionStore::connect(
-        &config(zookeeper.connect_string()),
-        "failure_sessions",
-        TTL * 30,
-    )
-    .await
-    .expect("connect");
+    let store =
+        ZooKeeperSessionStore::connect(&config(zookeeper.address()), "failure_sessions", TTL * 30)
+            .await
+            .expect("connect");
     store
-        .bind(session(1, "node-1"), BindPolicy::Reject)
+        .bind(session(1, "node-1", 10), BindPolicy::Reject)
         .await
         .expect("bind while zookeeper runs");
 
@@ -347,31 +224,21 @@ async fn sessions_are_unavailable_while_zookeeper_is_down_and_recover_when_it_is
     server.stop();
     assert_fails_promptly(
         "binding",
-        store.bind(session(2, "node-1"), BindPolicy::Reject),
+        store.bind(session(2, "node-1", 20), BindPolicy::Reject),
     )
     .await;
     assert_fails_promptly("get", store.get(UserId(1))).await;
     assert_fails_promptly(
         "refresh",
-        store.refresh_server(&session(1, "node-1").server_id),
+        store.refresh_server(&session(1, "node-1", 10).server_id),
     )
     .await;
 
     server.restart().expect("restart zookeeper");
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    loop {
-        match store.bind(session(2, "node-1"), BindPolicy::Reject).await {
-            Ok(_) => break,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                assert!(
-                    matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-                    "only transient errors while reconnecting, got {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("the store did not recover within {RECOVERY:?}: {error}"),
-        }
-    }
+    until_recovered("bind after the restart", || {
+        store.bind(session(2, "node-1", 20), BindPolicy::Reject)
+    })
+    .await;
     let mut online = store
         .get_many(&[UserId(1), UserId(2)])
         .await
@@ -380,8 +247,8 @@ async fn sessions_are_unavailable_while_zookeeper_is_down_and_recover_when_it_is
     assert_eq!(
         online.iter().map(Session::reference).collect::<Vec<_>>(),
         vec![
-            session(1, "node-1").reference(),
-            session(2, "node-1").reference()
+            session(1, "node-1", 10).reference(),
+            session(2, "node-1", 20).reference()
         ],
         "a short outage loses no session (ZooKeeper restores its sessions), and the session \
          bound after recovery is stored"
@@ -390,10 +257,10 @@ async fn sessions_are_unavailable_while_zookeeper_is_down_and_recover_when_it_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_long_outage_registrations_return_and_a_dead_nodes_do_not() {
-    let Some(mut zookeeper) = owned_zookeeper() else {
+    let Some(mut zookeeper) = zookeeper().and_then(|target| target.owned()) else {
         return;
     };
-    let connect = zookeeper.connect_string();
+    let connect = zookeeper.address();
     let store: Arc<dyn MetaStore> = Arc::new(
         ZooKeeperMetaStore::connect(&config(connect.clone()), "failure_meta", TTL)
             .await
@@ -402,10 +269,10 @@ async fn after_a_long_outage_registrations_return_and_a_dead_nodes_do_not() {
     let dying = ZooKeeperMetaStore::connect(&config(connect), "failure_meta", TTL)
         .await
         .expect("connect the node that dies");
-    let live = server("node-live", 7000);
+    let live = server_info("node-live", 7000);
     let registration = store.register(live.clone()).await.expect("register");
     let dead_registration = dying
-        .register(server("node-dead", 7010))
+        .register(server_info("node-dead", 7010))
         .await
         .expect("register the node that dies");
     let mut events = store.watch().await.expect("watch");
@@ -415,7 +282,7 @@ async fn after_a_long_outage_registrations_return_and_a_dead_nodes_do_not() {
         &mut known,
         store.as_ref(),
         // Ordered by id, as list() is.
-        &[server("node-dead", 7010), live.clone()],
+        &[server_info("node-dead", 7010), live.clone()],
         false,
     )
     .await;
@@ -423,7 +290,7 @@ async fn after_a_long_outage_registrations_return_and_a_dead_nodes_do_not() {
     let zk = zookeeper.server_mut().expect("an owned server");
     zk.stop();
     assert_fails_promptly("list", store.list()).await;
-    assert_fails_promptly("register", store.register(server("node-new", 7020))).await;
+    assert_fails_promptly("register", store.register(server_info("node-new", 7020))).await;
     assert_fails_promptly("watch", async { store.watch().await.map(|_| ()) }).await;
     // The other node dies while ZooKeeper is away: its session cannot be closed, so ZooKeeper
     // restores it on restart and has to expire it.
@@ -462,10 +329,10 @@ async fn after_a_long_outage_registrations_return_and_a_dead_nodes_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_registration_returns_after_zookeeper_lost_its_data() {
-    let Some(mut zookeeper) = owned_zookeeper() else {
+    let Some(mut zookeeper) = zookeeper().and_then(|target| target.owned()) else {
         return;
     };
-    let connect = zookeeper.connect_string();
+    let connect = zookeeper.address();
     let store: Arc<dyn MetaStore> = Arc::new(
         ZooKeeperMetaStore::connect(&config(connect.clone()), "failure_data", TTL)
             .await
@@ -476,10 +343,10 @@ async fn a_live_registration_returns_after_zookeeper_lost_its_data() {
     let sessions = ZooKeeperSessionStore::connect(&config(connect), "failure_data", TTL)
         .await
         .expect("connect");
-    let live = server("node-live", 7000);
+    let live = server_info("node-live", 7000);
     let _registration = store.register(live.clone()).await.expect("register");
     sessions
-        .bind(session(1, "node-live"), BindPolicy::Reject)
+        .bind(session(1, "node-live", 10), BindPolicy::Reject)
         .await
         .expect("bind");
     let mut events = store.watch().await.expect("watch");
@@ -509,23 +376,10 @@ async fn a_live_registration_returns_after_zookeeper_lost_its_data() {
         true,
     )
     .await;
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    loop {
-        match sessions
-            .bind(session(1, "node-live"), BindPolicy::Reject)
-            .await
-        {
-            Ok(_) => break,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                assert!(
-                    matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
-                    "only transient errors while the session store reconnects, got {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => panic!("the session store did not recover within {RECOVERY:?}: {error}"),
-        }
-    }
+    until_recovered("the session store's bind after the data loss", || {
+        sessions.bind(session(1, "node-live", 10), BindPolicy::Reject)
+    })
+    .await;
     assert_eq!(
         sessions.count_online().await.expect("count"),
         1,

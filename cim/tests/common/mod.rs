@@ -3,7 +3,7 @@
 #![allow(dead_code)] // Each test binary uses its own subset.
 
 use std::net::TcpListener as StdListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -50,6 +50,58 @@ pub async fn start(role: &str, config: &Path, env: &[(&str, String)], ready: &st
     .unwrap_or_else(|_| panic!("cim {role} prints {ready:?}"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     child
+}
+
+/// A backend fixture (`cim_backend_fixtures::redis::redis` ...), started on a blocking thread
+/// since starting a server waits for it; `None` when it is skipped.
+pub async fn fixture<T: Send + 'static>(start: fn() -> Option<T>) -> Option<T> {
+    tokio::task::spawn_blocking(start)
+        .await
+        .expect("fixture task")
+}
+
+/// Writes the `cim.toml` of a cluster into `dir` and returns its path: `[meta]` and
+/// `[sessions]` as given (TOML lines), accounts and messages in the PostgreSQL at `postgres`,
+/// round-robin balancing, one-second refreshes, and the route on `route_port`.
+pub fn cluster_config(
+    dir: &Path,
+    namespace: &str,
+    meta: &str,
+    sessions: &str,
+    postgres: &str,
+    route_port: u16,
+) -> PathBuf {
+    let config = dir.join("cim.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+namespace = "{namespace}"
+[auth]
+secret = "{secret}"
+[meta]
+{meta}
+[sessions]
+{sessions}
+[accounts]
+backend = "postgres"
+url = "{postgres}"
+[messages]
+backend = "postgres"
+url = "{postgres}"
+[balancer]
+strategy = "round_robin"
+[server]
+session_refresh = "1s"
+load_report = "1s"
+[route]
+listen = "127.0.0.1:{route_port}"
+"#,
+            secret = "x".repeat(32),
+        ),
+    )
+    .expect("write the config");
+    config
 }
 
 /// A server's environment: its id and ports.

@@ -1,60 +1,12 @@
-//! The three text forms Consul's HTTP API speaks besides JSON: base64 for KV values inside JSON,
-//! Go duration strings (`"15s"`, `"1500ms"`, `"1m30s"`) for TTLs, lock delays and `?wait=`, and
-//! UUIDs for session ids. Written out here because the fixture crate may not pull in crates for
-//! them, and each is a few lines.
+//! Two text forms Consul's HTTP API speaks besides JSON (the third, base64 for KV values, is the
+//! `base64` crate's `STANDARD` engine, as Go's `base64.StdEncoding`): Go duration strings
+//! (`"15s"`, `"1500ms"`, `"1m30s"`) for TTLs, lock delays and `?wait=`, and UUIDs for session
+//! ids. Written out here because each is a few lines.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding, as Go's `base64.StdEncoding` (what Consul uses for `Value`).
-pub(crate) fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes standard base64 with padding; `None` for anything else.
-pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let value = |c: u8| ALPHABET.iter().position(|&a| a == c).map(|p| p as u32);
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (index, chunk) in bytes.chunks(4).enumerate() {
-        let last = index + 1 == bytes.len() / 4;
-        let padding = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if padding > 2 || (padding > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &chunk[..4 - padding] {
-            n = (n << 6) | value(c)?;
-        }
-        n <<= 6 * padding as u32;
-        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&decoded[..3 - padding]);
-    }
-    Some(out)
-}
 
 /// Parses a Go duration string (`time.ParseDuration`): a sequence of decimal numbers with units
 /// `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`, like `"300ms"`, `"1.5h"` or `"2h45m"`; `"0"` alone is
@@ -151,18 +103,6 @@ pub(crate) fn new_uuid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trips_every_padding_length() {
-        for text in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
-            let encoded = base64_encode(text.as_bytes());
-            assert_eq!(base64_decode(&encoded).as_deref(), Some(text.as_bytes()));
-        }
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_decode("Zm8"), None);
-        assert_eq!(base64_decode("Z=8="), None);
-    }
 
     #[test]
     fn go_durations_parse_and_format_like_go() {

@@ -13,10 +13,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
-use super::encoding::{base64_decode, base64_encode, parse_go_duration};
+use super::encoding::parse_go_duration;
 use super::state::{
     ApiError, Entry, MAX_TXN_OPS, MAX_VALUE_SIZE, NODE_NAME, NewSession, PutMode, Session, Store,
     TxnOp,
@@ -83,11 +85,11 @@ pub(super) async fn reap_sessions(shared: Arc<Shared>) {
 /// The routes Consul's agent serves, as far as the stand-in implements them.
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/v1/kv/", get(read_kv).put(write_kv).delete(delete_kv))
         .route(
-            "/v1/kv/",
-            get(kv_get_root).put(kv_put_root).delete(kv_delete_root),
+            "/v1/kv/{*key}",
+            get(read_kv).put(write_kv).delete(delete_kv),
         )
-        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/txn", put(txn))
         .route("/v1/session/create", put(session_create))
         .route("/v1/session/destroy/{id}", put(session_destroy))
@@ -128,7 +130,7 @@ fn json_response(status: StatusCode, index: Option<u64>, body: &Value) -> Respon
 
 fn entry_json(entry: &Entry, with_value: bool) -> Value {
     let value = if with_value && !entry.value.is_empty() {
-        Value::String(base64_encode(&entry.value))
+        Value::String(STANDARD.encode(&entry.value))
     } else {
         Value::Null
     };
@@ -194,6 +196,23 @@ fn admit(
     }
 }
 
+/// Refuses a KV request as [`admit`] does, or for its key ([`validate_key`]; `""`, the
+/// `/v1/kv/` root, passes).
+fn admit_kv(
+    shared: &Shared,
+    key: &str,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    if let Some(refused) = admit(shared, params, headers) {
+        return Some(refused);
+    }
+    if key.is_empty() {
+        return None;
+    }
+    validate_key(key).err().map(api_error)
+}
+
 /// The `?index=&wait=` of a blocking query: the index to exceed and until when to wait.
 fn blocking(params: &HashMap<String, String>) -> Result<Option<(u64, Instant)>, ApiError> {
     let Some(index) = params.get("index") else {
@@ -254,33 +273,16 @@ fn validate_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn kv_get_root(state: AppState, params: Params, headers: HeaderMap) -> Response {
-    read_kv(state, String::new(), params, headers).await
-}
-
-async fn kv_get(
-    state: AppState,
-    Path(key): Path<String>,
-    params: Params,
-    headers: HeaderMap,
-) -> Response {
-    read_kv(state, key, params, headers).await
-}
-
 /// `GET /v1/kv/<key>` with `?recurse`, `?keys[&separator=]`, `?raw`, and blocking `?index=`.
 async fn read_kv(
     State(shared): AppState,
-    key: String,
+    key: Option<Path<String>>,
     Query(params): Params,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = admit(&shared, &params, &headers) {
+    let key = key.map(|Path(key)| key).unwrap_or_default();
+    if let Some(refused) = admit_kv(&shared, &key, &params, &headers) {
         return refused;
-    }
-    if !key.is_empty()
-        && let Err(refused) = validate_key(&key)
-    {
-        return api_error(refused);
     }
     let blocking = match blocking(&params) {
         Ok(blocking) => blocking,
@@ -354,36 +356,20 @@ enum Answer {
     NotFound,
 }
 
-async fn kv_put_root(state: AppState, params: Params, headers: HeaderMap, body: Bytes) -> Response {
-    write_kv(state, String::new(), params, headers, body).await
-}
-
-async fn kv_put(
-    state: AppState,
-    Path(key): Path<String>,
-    params: Params,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    write_kv(state, key, params, headers, body).await
-}
-
 /// `PUT /v1/kv/<key>` with `?flags=`, and one of `?cas=`, `?acquire=`, `?release=`.
 async fn write_kv(
     State(shared): AppState,
-    key: String,
+    key: Option<Path<String>>,
     Query(params): Params,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = admit(&shared, &params, &headers) {
+    let key = key.map(|Path(key)| key).unwrap_or_default();
+    if let Some(refused) = admit_kv(&shared, &key, &params, &headers) {
         return refused;
     }
     if key.is_empty() {
         return text(400, "Missing key name");
-    }
-    if let Err(refused) = validate_key(&key) {
-        return api_error(refused);
     }
     let modes = ["cas", "acquire", "release"]
         .iter()
@@ -427,33 +413,16 @@ async fn write_kv(
     }
 }
 
-async fn kv_delete_root(state: AppState, params: Params, headers: HeaderMap) -> Response {
-    delete_kv(state, String::new(), params, headers).await
-}
-
-async fn kv_delete(
-    state: AppState,
-    Path(key): Path<String>,
-    params: Params,
-    headers: HeaderMap,
-) -> Response {
-    delete_kv(state, key, params, headers).await
-}
-
 /// `DELETE /v1/kv/<key>` with `?recurse` or `?cas=`.
 async fn delete_kv(
     State(shared): AppState,
-    key: String,
+    key: Option<Path<String>>,
     Query(params): Params,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = admit(&shared, &params, &headers) {
+    let key = key.map(|Path(key)| key).unwrap_or_default();
+    if let Some(refused) = admit_kv(&shared, &key, &params, &headers) {
         return refused;
-    }
-    if !key.is_empty()
-        && let Err(refused) = validate_key(&key)
-    {
-        return api_error(refused);
     }
     let recurse = params.contains_key("recurse");
     if recurse && params.contains_key("cas") {
@@ -549,8 +518,9 @@ fn txn_op(op: &Value) -> Result<TxnOp, ApiError> {
     let key = string("Key");
     let value = match kv.get("Value").and_then(Value::as_str) {
         None => Vec::new(),
-        Some(encoded) => base64_decode(encoded)
-            .ok_or_else(|| ApiError::new(400, "Failed to parse body: failed to decode value"))?,
+        Some(encoded) => STANDARD
+            .decode(encoded)
+            .map_err(|_| ApiError::new(400, "Failed to parse body: failed to decode value"))?,
     };
     if value.len() > MAX_VALUE_SIZE {
         return Err(ApiError::new(
