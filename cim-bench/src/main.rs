@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the workloads on the systems, several rounds, and prints the summary.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The one-hop relay server (started by `run`; not meant to be run by hand).
     #[command(hide = true)]
     Relay {
@@ -77,6 +77,9 @@ struct RunArgs {
     /// Prints one JSON document on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also writes the JSON document to this file (the table still goes to stdout).
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<PathBuf>,
     /// The `cim` binary (default: `cim` next to this executable; build both with
     /// `cargo build --release -p cim -p cim-bench`).
     #[arg(long, env = "CIM_BENCH_CIM_BIN")]
@@ -88,6 +91,9 @@ struct RunArgs {
     /// W3: clients (overrides the scaled 10,000).
     #[arg(long)]
     w3_clients: Option<usize>,
+    /// W3: logins in flight (overrides 200).
+    #[arg(long)]
+    w3_in_flight: Option<usize>,
     /// W4: connection counts, comma-separated (overrides the scaled 10,000 and 100,000).
     #[arg(long, value_delimiter = ',')]
     w4_connections: Option<Vec<usize>>,
@@ -117,7 +123,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Relay { listen } => relay_main(&listen),
-        Command::Run(args) => run_main(args),
+        Command::Run(args) => run_main(*args),
     };
     match result {
         Ok(code) => code,
@@ -180,6 +186,9 @@ fn run_main(args: RunArgs) -> Result<ExitCode> {
     };
     if let Some(clients) = args.w3_clients {
         sizes.w3_clients = clients.max(1);
+    }
+    if let Some(in_flight) = args.w3_in_flight {
+        sizes.w3_in_flight = in_flight.max(1);
     }
     if let Some(connections) = &args.w4_connections {
         sizes.w4_connections = connections.iter().map(|n| (*n).max(1)).collect();
@@ -274,8 +283,7 @@ fn run_main(args: RunArgs) -> Result<ExitCode> {
     let summary = report::summarize(&measurements);
     let finished = SystemTime::now();
     let failed = measurements.iter().any(|m| m.status == "failed");
-    if args.json {
-        let document = serde_json::json!({
+    let document = serde_json::json!({
             "tool": "cim-bench",
             "version": env!("CARGO_PKG_VERSION"),
             "started_unix_ms": unix_ms(started),
@@ -290,7 +298,12 @@ fn run_main(args: RunArgs) -> Result<ExitCode> {
             "machine": machine(&pinning),
             "runs": measurements,
             "summary": summary,
-        });
+    });
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&document)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
         println!("{}", serde_json::to_string_pretty(&document)?);
     } else {
         println!(

@@ -172,25 +172,53 @@ fn clock_ticks() -> u64 {
     })
 }
 
-/// User + system CPU time of process `pid` so far (all its threads).
-pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name (field 2) may contain spaces: count fields after its closing ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("malformed /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .context("malformed /proc/<pid>/stat")
-    };
-    let total = ticks(11)? + ticks(12)?;
-    Ok(Duration::from_micros(total * 1_000_000 / clock_ticks()))
+/// Per-thread CPU time of some processes at one moment, from `/proc/<pid>/task/*/schedstat`
+/// (on-CPU nanoseconds: the same user + system time as `/proc/<pid>/stat`, without its
+/// 10 ms ticks, which would make short phases meaningless).
+#[derive(Debug, Clone, Default)]
+pub struct CpuSnapshot {
+    threads: std::collections::HashMap<(u32, u32), u64>,
+}
+
+impl CpuSnapshot {
+    /// Reads every thread of `pids` now (a process that is gone counts nothing).
+    pub fn take(pids: &[u32]) -> CpuSnapshot {
+        let mut threads = std::collections::HashMap::new();
+        for pid in pids {
+            let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let Some(tid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let ns = fs::read_to_string(task.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next().and_then(|f| f.parse().ok()));
+                if let Some(ns) = ns {
+                    threads.insert((*pid, tid), ns);
+                }
+            }
+        }
+        CpuSnapshot { threads }
+    }
+
+    /// CPU time used between `earlier` and this snapshot: threads born since count from zero;
+    /// threads that ended meanwhile are lost (worker threads live as long as their process).
+    pub fn since(&self, earlier: &CpuSnapshot) -> Duration {
+        let ns: u64 = self
+            .threads
+            .iter()
+            .map(|(thread, now)| {
+                now.saturating_sub(earlier.threads.get(thread).copied().unwrap_or(0))
+            })
+            .sum();
+        Duration::from_nanos(ns)
+    }
 }
 
 /// CPU time the whole machine spent busy so far, all CPUs together (`/proc/stat`: user, nice,
@@ -372,11 +400,6 @@ impl Proc {
         pin_pid(self.pid, cpus)
     }
 
-    /// CPU time used so far.
-    pub fn cpu_time(&self) -> Result<Duration> {
-        cpu_time(self.pid)
-    }
-
     /// Resident memory now, in bytes.
     pub fn rss_bytes(&self) -> Result<u64> {
         rss_bytes(self.pid)
@@ -407,6 +430,8 @@ pub struct Profiler {
 
 impl Profiler {
     /// Starts sampling `pids` (with call graphs) into `output`; `None` if `perf` is missing.
+    /// `CIM_BENCH_PERF_ARGS` replaces `record -F 1999 -g` (for example `stat -e
+    /// syscalls:sys_enter_writev` to count system calls instead).
     pub fn start(pids: &[u32], output: PathBuf) -> Option<Profiler> {
         let perf = find_program("perf")?;
         let pids = pids
@@ -414,8 +439,12 @@ impl Profiler {
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(",");
+        let mode: Vec<String> = std::env::var("CIM_BENCH_PERF_ARGS")
+            .map(|args| args.split_whitespace().map(String::from).collect())
+            .unwrap_or_else(|_| ["record", "-F", "1999", "-g"].map(String::from).to_vec());
         let child = Command::new(perf)
-            .args(["record", "-F", "1999", "-g", "-p", &pids, "-o"])
+            .args(&mode)
+            .args(["-p", &pids, "-o"])
             .arg(&output)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -478,10 +507,16 @@ mod tests {
         assert!(rss_bytes(pid).expect("rss") > 0);
         let mut x = 0u64;
         for i in 0..10_000_000u64 {
-            x = x.wrapping_add(i * i);
+            x = std::hint::black_box(x.wrapping_add(i * i));
         }
         assert!(x > 0);
-        assert!(cpu_time(pid).is_ok());
+        let before = CpuSnapshot::take(&[pid]);
+        let mut y = 0u64;
+        for i in 0..10_000_000u64 {
+            y = std::hint::black_box(y.wrapping_add(i ^ x));
+        }
+        assert!(y > 0);
+        assert!(CpuSnapshot::take(&[pid]).since(&before) > Duration::ZERO);
     }
 
     #[test]

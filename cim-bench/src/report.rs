@@ -96,6 +96,7 @@ pub const METRICS: &[MetricInfo] = &[
     m("connections", "", true, true),
     m("rss_per_connection", "B", false, true),
     m("rss_before", "B", false, false),
+    m("rss_peak", "B", false, true),
     m("rss_after", "B", false, false),
     m("rate", "msg/s", true, true),
     m("p50_us", "µs", false, true),
@@ -110,6 +111,9 @@ pub const METRICS: &[MetricInfo] = &[
     m("acked", "", true, true),
     m("lost_acked", "", false, true),
     m("unacked", "", false, true),
+    m("undelivered_to_disconnected", "", false, true),
+    m("route_died", "", false, true),
+    m("route_rss_peak", "B", false, true),
 ];
 
 const fn m(name: &'static str, unit: &'static str, higher: bool, summary: bool) -> MetricInfo {
@@ -129,7 +133,7 @@ fn info(metric: &str) -> Option<&'static MetricInfo> {
 #[derive(Debug, Clone, Copy)]
 struct Target {
     workload: &'static str,
-    /// The case's name starts with this.
+    /// The case's name; ending in `*`, a prefix of it.
     case: &'static str,
     metric: &'static str,
     rule: Rule,
@@ -180,10 +184,10 @@ const TARGETS: &[Target] = &[
     ),
     t("W3", "login storm", "failed", Rule::AtMost(0.0)),
     t("W3", "login storm", "retried", Rule::AtMost(0.0)),
-    t("W4", "idle", "rss_per_connection", Rule::AtMost(2048.0)),
-    t("W5", "", "p99_us", Rule::NoWorseThanBestPeer),
-    t("W6", "failover", "reconnect_p99_ms", Rule::AtMost(5000.0)),
-    t("W6", "failover", "lost_acked", Rule::AtMost(0.0)),
+    t("W4", "idle*", "rss_per_connection", Rule::AtMost(2048.0)),
+    t("W5", "*", "p99_us", Rule::NoWorseThanBestPeer),
+    t("W6", "failover*", "reconnect_p99_ms", Rule::AtMost(5000.0)),
+    t("W6", "failover*", "lost_acked", Rule::AtMost(0.0)),
 ];
 
 const fn t(workload: &'static str, case: &'static str, metric: &'static str, rule: Rule) -> Target {
@@ -192,6 +196,14 @@ const fn t(workload: &'static str, case: &'static str, metric: &'static str, rul
         case,
         metric,
         rule,
+    }
+}
+
+/// Whether a target's `pattern` (exact, or a prefix ending in `*`) names `case`.
+fn case_matches(pattern: &str, case: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => case.starts_with(prefix),
+        None => case == pattern,
     }
 }
 
@@ -337,9 +349,9 @@ fn row(
     let mut target = None;
     let mut met = None;
     if system == "cim"
-        && let Some(goal) = TARGETS
-            .iter()
-            .find(|t| t.workload == workload && case.starts_with(t.case) && t.metric == metric.name)
+        && let Some(goal) = TARGETS.iter().find(|t| {
+            t.workload == workload && case_matches(t.case, case) && t.metric == metric.name
+        })
     {
         let cim_median = median(&values);
         let (text, ok) = match goal.rule {

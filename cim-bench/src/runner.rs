@@ -243,6 +243,22 @@ async fn run_case(
         SystemKind::Mosquitto => case.run(ctx, MqttWire, &mut dep).await,
         SystemKind::Redis => case.run(ctx, RedisWire, &mut dep).await,
     };
+    // A server that died during the run (other than W6's victim) makes the figures
+    // meaningless: the run failed, its metrics stay in the JSON for the record.
+    let m = m.map(|mut m| {
+        if !matches!(case, Case::W6)
+            && let Err(e) = dep.check_alive()
+        {
+            m.status = "failed".into();
+            let first = format!("{e:#}");
+            m.reason = Some(format!(
+                "{} (an exit by signal 9 with no one killing it is usually the kernel's \
+                 out-of-memory killer: see dmesg)",
+                first.lines().next().unwrap_or_default()
+            ));
+        }
+        m
+    });
     // Stop the system before the next one starts (dropping the deployment kills it).
     drop(dep);
     Ok(Ok(m?))

@@ -231,25 +231,23 @@ impl Deployment {
         Ok(())
     }
 
-    /// The servers' CPU time so far (sum).
-    pub fn server_cpu(&self) -> Result<Duration> {
-        self.servers.iter().map(|s| s.proc.cpu_time()).sum()
+    /// The server processes.
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.servers.iter().map(|s| s.proc.pid()).collect()
+    }
+
+    /// The other processes: a cluster's route, the vault's Redis.
+    pub fn other_pids(&self) -> Vec<u32> {
+        self.others
+            .iter()
+            .map(Proc::pid)
+            .chain(self.shared_pids.iter().copied())
+            .collect()
     }
 
     /// The servers' resident memory now (sum), in bytes.
     pub fn server_rss(&self) -> Result<u64> {
         self.servers.iter().map(|s| s.proc.rss_bytes()).sum()
-    }
-
-    /// The other processes' CPU time so far (sum): a cluster's route, the vault's Redis.
-    pub fn others_cpu(&self) -> Result<Duration> {
-        let owned: Duration = self.others.iter().map(Proc::cpu_time).sum::<Result<_>>()?;
-        let shared: Duration = self
-            .shared_pids
-            .iter()
-            .map(|pid| crate::process::cpu_time(*pid))
-            .sum::<Result<_>>()?;
-        Ok(owned + shared)
     }
 
     /// Whether every server still runs.

@@ -103,9 +103,14 @@ impl Vault {
         // A large database file takes a moment to load; commands fail with LOADING meanwhile.
         let started = std::time::Instant::now();
         let mut redis = loop {
-            match RedisCommands::connect(addr, 0).await {
+            let attempt = async {
+                let mut redis = RedisCommands::connect(addr, 0).await?;
+                redis.command(&["PING"]).await?;
+                Ok::<_, anyhow::Error>(redis)
+            };
+            match attempt.await {
                 Ok(redis) => break redis,
-                Err(_) if started.elapsed() < env.ready_timeout => {
+                Err(_) if started.elapsed() < 2 * env.ready_timeout => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(e.context("the vault's Redis does not answer")),

@@ -107,7 +107,7 @@ impl Sizes {
             w6_clients: count(3_000.0) as usize,
             w6_rate: 1_000.0,
             w6_before_kill: Duration::from_secs(5),
-            w6_after_kill: Duration::from_secs(30),
+            w6_after_kill: Duration::from_secs(60),
             stall: Duration::from_secs(10),
             settle: Duration::from_secs(2),
         }
@@ -527,17 +527,20 @@ pub async fn wait_for_deliveries(shared: &Shared, expected: u64, stall: Duration
 #[derive(Debug)]
 pub struct CpuMark {
     at: Instant,
-    server: Duration,
-    others: Duration,
-    generator: Duration,
+    server: process::CpuSnapshot,
+    others: process::CpuSnapshot,
+    generator: process::CpuSnapshot,
     machine: Duration,
     quiet_wait: Option<(Duration, f64)>,
     profiler: Option<process::Profiler>,
 }
 
-/// CPU used by the bench's processes (servers, others, generator) so far.
-fn bench_cpu(dep: &Deployment) -> Result<Duration> {
-    Ok(dep.server_cpu()? + dep.others_cpu()? + process::cpu_time(std::process::id())?)
+/// Every process of the bench: servers, others, the generator.
+fn bench_pids(dep: &Deployment) -> Vec<u32> {
+    let mut pids = dep.server_pids();
+    pids.extend(dep.other_pids());
+    pids.push(std::process::id());
+    pids
 }
 
 /// Waits (up to `env.max_quiet_wait`) until processes outside the bench use less than
@@ -547,19 +550,26 @@ async fn wait_for_quiet(env: &Env, dep: &Deployment) -> Result<Option<(Duration,
         return Ok(None);
     }
     let started = Instant::now();
+    let pids = bench_pids(dep);
     let mut noted = false;
     loop {
-        let (machine, ours, at) = (process::machine_busy()?, bench_cpu(dep)?, Instant::now());
+        let (machine, ours, at) = (
+            process::machine_busy()?,
+            process::CpuSnapshot::take(&pids),
+            Instant::now(),
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
         let elapsed = at.elapsed().as_secs_f64();
         let foreign = (process::machine_busy()?.saturating_sub(machine))
-            .saturating_sub(bench_cpu(dep)?.saturating_sub(ours))
+            .saturating_sub(process::CpuSnapshot::take(&pids).since(&ours))
             .as_secs_f64()
             / elapsed;
         let waited = started.elapsed();
         if foreign < env.quiet_cores || waited >= env.max_quiet_wait {
-            return Ok((waited > Duration::from_secs(2) || foreign >= env.quiet_cores)
-                .then_some((waited, foreign)));
+            return Ok(
+                (waited > Duration::from_secs(2) || foreign >= env.quiet_cores)
+                    .then_some((waited, foreign)),
+            );
         }
         if !noted {
             env.progress.note(&format!(
@@ -577,18 +587,23 @@ impl CpuMark {
     pub async fn now(ctx: &Ctx<'_>, dep: &Deployment, label: &str) -> Result<CpuMark> {
         let quiet_wait = wait_for_quiet(ctx.env, dep).await?;
         let profiler = ctx.env.perf_dir.as_ref().and_then(|dir| {
-            let pids: Vec<u32> = dep.servers.iter().map(|s| s.proc.pid()).collect();
             let name: String = format!("{}-{label}-r{}.perf.data", dep.kind.name(), ctx.round)
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
-            process::Profiler::start(&pids, dir.join(name))
+            process::Profiler::start(&dep.server_pids(), dir.join(name))
         });
         Ok(CpuMark {
             at: Instant::now(),
-            server: dep.server_cpu()?,
-            others: dep.others_cpu()?,
-            generator: process::cpu_time(std::process::id())?,
+            server: process::CpuSnapshot::take(&dep.server_pids()),
+            others: process::CpuSnapshot::take(&dep.other_pids()),
+            generator: process::CpuSnapshot::take(&[std::process::id()]),
             machine: process::machine_busy()?,
             quiet_wait,
             profiler,
@@ -605,9 +620,9 @@ impl CpuMark {
         per_unit_metric: &str,
         m: &mut Measurement,
     ) -> Result<()> {
-        let server = dep.server_cpu()?.saturating_sub(self.server);
-        let others = dep.others_cpu()?.saturating_sub(self.others);
-        let generator = process::cpu_time(std::process::id())?.saturating_sub(self.generator);
+        let server = process::CpuSnapshot::take(&dep.server_pids()).since(&self.server);
+        let others = process::CpuSnapshot::take(&dep.other_pids()).since(&self.others);
+        let generator = process::CpuSnapshot::take(&[std::process::id()]).since(&self.generator);
         let machine = process::machine_busy()?.saturating_sub(self.machine);
         let foreign = machine.saturating_sub(server + others + generator);
         if let Some((waited, load)) = self.quiet_wait {
@@ -636,6 +651,41 @@ impl CpuMark {
             );
         }
         Ok(())
+    }
+}
+
+/// Samples the servers' total resident memory every 50 ms and keeps the highest.
+#[derive(Debug)]
+pub struct RssPeak {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<u64>,
+}
+
+impl RssPeak {
+    /// Starts sampling `pids`.
+    pub fn start(pids: Vec<u32>) -> RssPeak {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                let total: u64 = pids
+                    .iter()
+                    .filter_map(|pid| process::rss_bytes(*pid).ok())
+                    .sum();
+                peak = peak.max(total);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = stopped.changed() => return peak,
+                }
+            }
+        });
+        RssPeak { stop, task }
+    }
+
+    /// The highest total seen.
+    pub async fn stop(self) -> u64 {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or(0)
     }
 }
 

@@ -77,6 +77,8 @@ pub async fn run<W: Wire>(ctx: &Ctx<'_>, wire: W, dep: &mut Deployment) -> Resul
     let last_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let phase = ctx.env.progress.phase("logins", clients as u64);
     let mark = CpuMark::now(ctx, dep, "W3").await?;
+    let rss_before = dep.server_rss()?;
+    let peak = super::RssPeak::start(dep.server_pids());
     let started = Instant::now();
     let dep_ref: &Deployment = dep;
     let conns: Vec<Option<Conn>> = futures::stream::iter(0..clients)
@@ -116,6 +118,12 @@ pub async fn run<W: Wire>(ctx: &Ctx<'_>, wire: W, dep: &mut Deployment) -> Resul
     phase.finish();
     let logins = conns.iter().filter(|c| c.is_some()).count() as u64;
     let mut m = Measurement::new("W3", CASE, dep.kind.name(), ctx.round);
+    m.set("rss_before", rss_before as f64);
+    m.set("rss_peak", peak.stop().await as f64);
+    if let Err(e) = dep.check_alive() {
+        m.notes
+            .push(format!("the server died during the storm: {e:#}"));
+    }
     mark.record(dep, ended, logins, "server_cpu_us_per_login", &mut m)?;
     let elapsed = ended.duration_since(started).as_secs_f64().max(1e-9);
     m.set("logins", logins as f64);

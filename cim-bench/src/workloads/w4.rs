@@ -9,7 +9,9 @@
 
 use anyhow::Result;
 
-use super::{Ctx, connect_all};
+use std::time::Instant;
+
+use super::{CpuMark, Ctx, connect_all};
 use crate::process;
 use crate::report::Measurement;
 use crate::systems::{Accounts, Deployment, Plan};
@@ -51,11 +53,21 @@ pub async fn run<W: Wire>(
     tokio::time::sleep(ctx.sizes.settle).await;
     let before = dep.server_rss()?;
     let indices: Vec<usize> = (0..connections).collect();
+    let mark = CpuMark::now(ctx, dep, "W4").await?;
     let conns = connect_all(ctx.env, &wire, dep, &indices, true, &[], "idle logins").await?;
+    let logged_in = Instant::now();
     tokio::time::sleep(ctx.sizes.settle).await;
     dep.check_alive()?;
     let after = dep.server_rss()?;
     let mut m = Measurement::new("W4", &case(requested), dep.kind.name(), ctx.round);
+    // The TCP part of a login (cim: token check, session bind, sync), without the route.
+    mark.record(
+        dep,
+        logged_in,
+        conns.len() as u64,
+        "server_cpu_us_per_login",
+        &mut m,
+    )?;
     m.set("connections", conns.len() as f64);
     m.set("rss_before", before as f64);
     m.set("rss_after", after as f64);

@@ -21,6 +21,9 @@ use crate::payload::{self, Header};
 use crate::report::Measurement;
 use crate::systems::{Accounts, Deployment, Plan};
 
+/// Logins in flight while the clients connect (setup, not measured).
+const SETUP_LOGINS: usize = 16;
+
 /// The case name.
 pub const CASE: &str = "failover, SIGKILL one of 3 servers";
 
@@ -103,7 +106,9 @@ pub async fn run(ctx: &Ctx<'_>, dep: &mut Deployment) -> Result<Measurement> {
                 Ok::<_, anyhow::Error>(client)
             }
         })
-        .buffered(200)
+        // Setup logins are few at a time: each costs the route an argon2 verification and
+        // its memory (see W3); the failover's reconnections are not throttled.
+        .buffered(SETUP_LOGINS)
         .try_collect()
         .await?;
     phase.finish();
@@ -120,6 +125,8 @@ pub async fn run(ctx: &Ctx<'_>, dep: &mut Deployment) -> Result<Measurement> {
         Arc::clone(&stop),
         Arc::clone(&sent),
     ));
+    let route_peak =
+        super::RssPeak::start(dep.others.iter().map(crate::process::Proc::pid).collect());
     tokio::time::sleep(sizes.w6_before_kill).await;
     let victim_id = "node-1".to_string();
     let affected: Vec<usize> = (0..n)
@@ -180,7 +187,7 @@ pub async fn run(ctx: &Ctx<'_>, dep: &mut Deployment) -> Result<Measurement> {
     phase.finish();
     // Drain: every acknowledged message should arrive.
     let acked: Vec<u64> = book.acked.lock().map(|a| a.clone()).unwrap_or_default();
-    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    let drain_deadline = Instant::now() + sizes.w6_after_kill;
     let missing: Vec<u64> = loop {
         let missing: Vec<u64> = match book.received.lock() {
             Ok(received) => acked
@@ -196,7 +203,32 @@ pub async fn run(ctx: &Ctx<'_>, dep: &mut Deployment) -> Result<Measurement> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
+    // A message for a user still not connected again cannot have arrived: it waits in the
+    // store. Only messages for connected users count as lost.
+    let victim = victim_id.clone();
+    let (missing, waiting): (Vec<u64>, Vec<u64>) = match book.sends.lock() {
+        Ok(sends) => missing.into_iter().partition(|key| {
+            sends.get(key).is_none_or(|info| {
+                book.users[info.to]
+                    .lock()
+                    .map(|t| t.server != victim && !t.gave_up)
+                    .unwrap_or(true)
+            })
+        }),
+        Err(_) => (missing, Vec::new()),
+    };
     let mut m = Measurement::new("W6", CASE, dep.kind.name(), ctx.round);
+    let route_alive = dep.others.iter_mut().all(crate::process::Proc::is_running);
+    if !route_alive {
+        m.set("route_died", 1.0);
+        m.notes.push(
+            "the route died during the run (signal 9 without anyone killing it: the kernel's \
+             out-of-memory killer, see dmesg)"
+                .into(),
+        );
+    }
+    m.set("undelivered_to_disconnected", waiting.len() as f64);
+    m.set("route_rss_peak", route_peak.stop().await as f64);
     let mut times: Vec<u64> = affected
         .iter()
         .filter_map(|i| book.users[*i].lock().ok().and_then(|t| t.reconnected))
