@@ -530,8 +530,11 @@ impl Connection {
             sent_at_ms: stored.sent_at.as_millis(),
             scheduled_id: 0,
         };
-        // A retry of a stored message is acknowledged again but not delivered again.
-        Ok((ack, (!appended.duplicate).then_some(stored)))
+        // A retry of a stored message is acknowledged and delivered again: its first attempt may
+        // have been stored by a server that died before delivering it, and a recipient who
+        // stayed connected would otherwise never get it. Recipients drop what they already have
+        // (delivery is at least once, by message id).
+        Ok((ack, Some(stored)))
     }
 
     /// `NotFound` for an unknown user or group, `Unauthenticated` (sent as `FORBIDDEN`) when

@@ -51,7 +51,7 @@ async fn a_direct_message_is_acknowledged_then_delivered_and_its_ack_moves_the_c
 }
 
 #[tokio::test]
-async fn a_resent_message_is_acknowledged_again_but_delivered_once() {
+async fn a_resent_message_is_acknowledged_again_and_delivered_again_under_the_same_id() {
     let cluster = Cluster::memory();
     let server = cluster.start("s1").await;
     let (_, alice_token) = cluster.user("alice").await;
@@ -65,8 +65,50 @@ async fn a_resent_message_is_acknowledged_again_but_delivered_once() {
     let second = alice_client.expect_ack().await;
     assert_eq!(first, second);
 
-    assert_eq!(bob_client.expect_deliver().await.body, "once");
+    // At least once: the retry is delivered again, as the stored message, never as a new one.
+    let delivered = bob_client.expect_deliver().await;
+    let again = bob_client.expect_deliver().await;
+    assert_eq!(delivered.body, "once");
+    assert_eq!(again, delivered);
     assert!(bob_client.ping_barrier().await.is_empty());
+}
+
+/// A server stored a message and died before delivering it: the sender's retry, acknowledged
+/// as a duplicate by another server, still reaches the recipient who never disconnected.
+#[tokio::test]
+async fn a_retry_delivers_what_a_crashed_server_stored_but_never_delivered() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (alice, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+    // What the crashed server did: store, and nothing else.
+    let stored = cluster
+        .stores
+        .messages
+        .append(cim_core::NewMessage {
+            sender: alice,
+            to: cim_core::Recipient::User(bob),
+            client_msg_id: "lost".to_string(),
+            body: "stored before the crash".to_string(),
+            sent_at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        bob_client.ping_barrier().await.is_empty(),
+        "nothing delivered yet"
+    );
+
+    let mut alice_client = TestClient::login(server.client_addr(), &alice_token).await;
+    alice_client
+        .send_text(to_user(bob), "lost", "stored before the crash")
+        .await;
+    let ack = alice_client.expect_ack().await;
+    assert_eq!(ack.message_id, stored.message.id.0);
+    let delivered = bob_client.expect_deliver().await;
+    assert_eq!(delivered.message_id, stored.message.id.0);
+    assert_eq!(delivered.body, "stored before the crash");
 }
 
 #[tokio::test]

@@ -56,11 +56,12 @@ pub(crate) async fn send(
         }));
     }
     let appended = state.stores.messages.append(message).await?;
-    if !appended.duplicate
-        && let Err(error) = state
-            .dispatcher
-            .dispatch(&appended.message, &caller.user_name)
-            .await
+    // A retry is delivered again, like a first attempt: the first may have been stored by a
+    // route that died before delivering it. Recipients drop what they already have.
+    if let Err(error) = state
+        .dispatcher
+        .dispatch(&appended.message, &caller.user_name)
+        .await
     {
         tracing::warn!(
             %error,
