@@ -127,3 +127,34 @@ pub async fn join_task<T>(task: tokio::task::JoinHandle<T>) -> T {
 pub fn expiry_deadline(ttl: Duration) -> Duration {
     ttl * 3 + Duration::from_secs(2)
 }
+
+/// An adapter's registry entries as a config file uses them: `sessions` and `meta` (the keys a
+/// `[sessions]` / `[meta]` section would give) build working stores, and `misspelt` (the
+/// sessions keys with one unknown key, `unknown_key`) is refused with `Config` naming that key.
+pub async fn registry_builds_from_config_keys(
+    sessions: cim_core::registry::BackendOptions,
+    meta: cim_core::registry::BackendOptions,
+    misspelt: cim_core::registry::BackendOptions,
+    unknown_key: &str,
+) {
+    use cim_core::registry;
+    let store = registry::build::<dyn cim_core::SessionStore>(sessions)
+        .await
+        .must("build the session store through the registry");
+    store
+        .bind(session(1, "node-1", 10), cim_core::BindPolicy::Reject)
+        .await
+        .must("bind");
+    assert_eq!(store.count_online().await.must("count"), 1);
+
+    let meta = registry::build::<dyn cim_core::MetaStore>(meta)
+        .await
+        .must("build the meta store through the registry");
+    assert!(meta.list().await.must("list").is_empty());
+
+    let Err(error) = registry::build::<dyn cim_core::SessionStore>(misspelt).await else {
+        panic!("an unknown key is refused");
+    };
+    assert_eq!(error.kind(), cim_core::ErrorKind::Config);
+    assert!(error.to_string().contains(unknown_key), "{error}");
+}

@@ -20,7 +20,9 @@ use cim_backend_fixtures::outage::{
 };
 use cim_core::registry::{self, BackendOptions};
 use cim_core::{BindOutcome, BindPolicy, ErrorKind, MetaEvent, MetaStore, SessionStore, UserId};
-use conformance_tests::support::{server_id, server_info, session};
+use conformance_tests::support::{
+    registry_builds_from_config_keys, server_id, server_info, session,
+};
 use futures::StreamExt;
 
 const TTL: Duration = Duration::from_secs(1);
@@ -63,31 +65,16 @@ async fn the_registry_builds_consul_stores_from_config_keys() {
         .with_option("request_timeout", "2s")
         .with_option("connect_timeout", "1s")
         .with_option("wait", "10s");
-    let sessions = registry::build::<dyn SessionStore>(options.clone())
-        .await
-        .expect("build the consul session store through the registry");
-    sessions
-        .bind(session(1, "node-1", 10), BindPolicy::Reject)
-        .await
-        .expect("bind");
-    assert_eq!(sessions.count_online().await.expect("count"), 1);
-
-    let meta = registry::build::<dyn MetaStore>(
+    registry_builds_from_config_keys(
+        options.clone(),
         BackendOptions::new("meta", "consul")
             .with_namespace("registry_test")
             .with_ttl(Some(TTL))
             .with_option("address", consul.address()),
+        options.with_option("wiat", "10s"),
+        "wiat",
     )
-    .await
-    .expect("build the consul meta store through the registry");
-    assert!(meta.list().await.expect("list").is_empty());
-
-    let misspelt = options.with_option("wiat", "10s");
-    let Err(error) = registry::build::<dyn SessionStore>(misspelt).await else {
-        panic!("an unknown key is refused");
-    };
-    assert_eq!(error.kind(), ErrorKind::Config);
-    assert!(error.to_string().contains("wiat"), "{error}");
+    .await;
 }
 
 #[tokio::test]

@@ -12,9 +12,11 @@ use cim_backend_fixtures::etcd::{EtcdTarget, etcd};
 use cim_backend_fixtures::outage::{
     Folded, PROMPT, assert_fails_promptly, converge, until_recovered,
 };
-use cim_core::registry::{self, BackendOptions};
+use cim_core::registry::BackendOptions;
 use cim_core::{BindPolicy, ErrorKind, MetaEvent, MetaStore, SessionStore, UserId};
-use conformance_tests::support::{server_id, server_info, session};
+use conformance_tests::support::{
+    registry_builds_from_config_keys, server_id, server_info, session,
+};
 use futures::StreamExt;
 
 /// etcd's minimum lease TTL with its default election timeout.
@@ -39,32 +41,17 @@ async fn the_registry_builds_etcd_stores_from_config_keys() {
         .with_option("endpoints", etcd.endpoints())
         .with_option("prefix", "/cim-tests")
         .with_option("request_timeout", "2s");
-    let sessions = registry::build::<dyn SessionStore>(options.clone())
-        .await
-        .expect("build the etcd session store through the registry");
-    sessions
-        .bind(session(1, "node-1", 10), BindPolicy::Reject)
-        .await
-        .expect("bind");
-    assert_eq!(sessions.count_online().await.expect("count"), 1);
-
-    let meta = registry::build::<dyn MetaStore>(
+    registry_builds_from_config_keys(
+        options.clone(),
         BackendOptions::new("meta", "etcd")
             .with_namespace("registry_test")
             .with_ttl(Some(TTL))
             .with_option("endpoints", etcd.endpoints())
             .with_option("connect_timeout", "2s"),
+        options.with_option("endpoint", etcd.endpoints()),
+        "endpoint",
     )
-    .await
-    .expect("build the etcd meta store through the registry");
-    assert!(meta.list().await.expect("list").is_empty());
-
-    let misspelt = options.with_option("endpoint", etcd.endpoints());
-    let Err(error) = registry::build::<dyn SessionStore>(misspelt).await else {
-        panic!("an unknown key is refused");
-    };
-    assert_eq!(error.kind(), ErrorKind::Config);
-    assert!(error.to_string().contains("endpoint"), "{error}");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

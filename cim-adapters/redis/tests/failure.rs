@@ -8,9 +8,9 @@ use std::time::Duration;
 use cim_adapter_redis::{RedisConfig, RedisMetaStore, RedisSessionStore};
 use cim_backend_fixtures::outage::{Folded, assert_fails_promptly, converge, until_recovered};
 use cim_backend_fixtures::redis::redis;
-use cim_core::registry::{self, BackendOptions};
-use cim_core::{BindPolicy, ErrorKind, MetaEvent, MetaStore, SessionStore, UserId};
-use conformance_tests::support::{server_info, session};
+use cim_core::registry::BackendOptions;
+use cim_core::{BindPolicy, MetaEvent, MetaStore, SessionStore, UserId};
+use conformance_tests::support::{registry_builds_from_config_keys, server_info, session};
 use futures::StreamExt;
 
 const TTL: Duration = Duration::from_secs(1);
@@ -33,31 +33,16 @@ async fn the_registry_builds_redis_stores_from_config_keys() {
         .with_ttl(Some(TTL))
         .with_option("url", redis.address())
         .with_option("response_timeout", "2s");
-    let sessions = registry::build::<dyn SessionStore>(options.clone())
-        .await
-        .expect("build the redis session store through the registry");
-    sessions
-        .bind(session(1, "node-1", 10), BindPolicy::Reject)
-        .await
-        .expect("bind");
-    assert_eq!(sessions.count_online().await.expect("count"), 1);
-
-    let meta = registry::build::<dyn MetaStore>(
+    registry_builds_from_config_keys(
+        options.clone(),
         BackendOptions::new("meta", "redis")
             .with_namespace("registry_test")
             .with_ttl(Some(TTL))
             .with_option("url", redis.address()),
+        options.with_option("respons_timeout", "2s"),
+        "respons_timeout",
     )
-    .await
-    .expect("build the redis meta store through the registry");
-    assert!(meta.list().await.expect("list").is_empty());
-
-    let misspelt = options.with_option("respons_timeout", "2s");
-    let Err(error) = registry::build::<dyn SessionStore>(misspelt).await else {
-        panic!("an unknown key is refused");
-    };
-    assert_eq!(error.kind(), ErrorKind::Config);
-    assert!(error.to_string().contains("respons_timeout"), "{error}");
+    .await;
 }
 
 #[test]

@@ -16,7 +16,7 @@ use cim_backend_fixtures::outage::{
 use cim_backend_fixtures::zookeeper::zookeeper;
 use cim_core::registry::{self, BackendOptions};
 use cim_core::{BindPolicy, ErrorKind, MetaStore, SecretString, Session, SessionStore, UserId};
-use conformance_tests::support::{server_info, session};
+use conformance_tests::support::{registry_builds_from_config_keys, server_info, session};
 
 /// The TTL, and so the ZooKeeper session timeout, of the stores that live through outages.
 const TTL: Duration = Duration::from_secs(1);
@@ -41,31 +41,16 @@ async fn the_registry_builds_zookeeper_stores_from_config_keys() {
         .with_option("root", "/cim-registry")
         .with_option("connect_timeout", "2s")
         .with_option("request_timeout", "2s");
-    let sessions = registry::build::<dyn SessionStore>(options.clone())
-        .await
-        .expect("build the zookeeper session store through the registry");
-    sessions
-        .bind(session(1, "node-1", 10), BindPolicy::Reject)
-        .await
-        .expect("bind");
-    assert_eq!(sessions.count_online().await.expect("count"), 1);
-
-    let meta = registry::build::<dyn MetaStore>(
+    registry_builds_from_config_keys(
+        options.clone(),
         BackendOptions::new("meta", "zookeeper")
             .with_namespace("registry_test")
             .with_ttl(Some(TTL))
             .with_option("connect", zookeeper.address()),
+        options.clone().with_option("request_timout", "2s"),
+        "request_timout",
     )
-    .await
-    .expect("build the zookeeper meta store through the registry");
-    assert!(meta.list().await.expect("list").is_empty());
-
-    let misspelt = options.clone().with_option("request_timout", "2s");
-    let Err(error) = registry::build::<dyn SessionStore>(misspelt).await else {
-        panic!("an unknown key is refused");
-    };
-    assert_eq!(error.kind(), ErrorKind::Config);
-    assert!(error.to_string().contains("request_timout"), "{error}");
+    .await;
 
     let relative_root = options.with_option("root", "cim");
     let Err(error) = registry::build::<dyn SessionStore>(relative_root).await else {
