@@ -34,13 +34,31 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
-/// A loopback port nothing listens on right now. Another process could take it before the
-/// server binds it; fixtures report that as a readiness failure rather than guessing.
+/// A loopback port nothing listens on right now, for a process started later to listen on.
+///
+/// It comes from below Linux's ephemeral range (32768 and up), which the kernel hands out to
+/// outbound connections and to `bind(0)`: a port from that range, released here, could be
+/// taken by any process's next connection before the server binds it. Another process could
+/// still take a port from below the range; fixtures report that as a readiness failure rather
+/// than guessing.
 pub fn free_port() -> Result<u16, FixtureError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(|source| FixtureError::io("a free loopback port", source))
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = (nanos as u16) ^ (std::process::id() as u16);
+    let mut last = None;
+    for _ in 0..2000 {
+        let offset = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed)) % 12_000;
+        let port = 20_000 + offset;
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    let source = last.unwrap_or_else(|| std::io::Error::other("no port tried"));
+    Err(FixtureError::io("a free loopback port below 32768", source))
 }
 
 /// A new temporary directory for a `name` server (`cim-{name}-...`), removed when dropped.

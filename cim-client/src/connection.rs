@@ -776,6 +776,10 @@ impl Task {
             }
         }
         let code = ErrorCode::try_from(error.code).unwrap_or(ErrorCode::Unspecified);
+        if code == ErrorCode::Undeliverable {
+            self.on_undeliverable(live, error);
+            return Ok(());
+        }
         warn!(server = %live.server_id, code = code.as_str_name(), text = %error.text, "server error");
         match code {
             // The server closes the connection after these.
@@ -790,6 +794,30 @@ impl Task {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// A message the server skips: counted as received (so acknowledgements move past it) and
+    /// reported once.
+    fn on_undeliverable(&mut self, live: &Live, error: v1::Error) {
+        let Ok(conversation) = error.conversation.parse::<Conversation>() else {
+            warn!(server = %live.server_id, text = %error.text, "undeliverable message in an invalid conversation");
+            return;
+        };
+        let now = Instant::now();
+        let arrival = self
+            .tracker
+            .receive(&conversation.to_string(), error.seq, now);
+        self.schedule_acks(now);
+        if arrival == Arrival::Duplicate {
+            return;
+        }
+        warn!(server = %live.server_id, %conversation, seq = error.seq, text = %error.text, "a message cannot be delivered");
+        self.events.push(Event::Undeliverable {
+            message_id: error.message_id,
+            conversation,
+            seq: error.seq,
+            text: error.text,
+        });
     }
 
     fn on_kicked(&mut self, kicked: v1::Kicked) -> Ended {

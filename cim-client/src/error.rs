@@ -129,7 +129,7 @@ impl ClientError {
             "conflict" => Some(ClientError::Conflict(message.clone())),
             "invalid_input" => Some(ClientError::InvalidInput(message.clone())),
             "unauthenticated" => Some(ClientError::Unauthenticated(message.clone())),
-            "forbidden" => Some(ClientError::Forbidden(message.clone())),
+            "permission_denied" => Some(ClientError::Forbidden(message.clone())),
             "rate_limited" => Some(ClientError::RateLimited(message.clone())),
             "unavailable" => Some(ClientError::unavailable(message.clone())),
             "timeout" => Some(ClientError::Timeout(message.clone())),
@@ -165,6 +165,7 @@ impl ClientError {
             ErrorCode::MalformedFrame
             | ErrorCode::FrameTooLarge
             | ErrorCode::NotLoggedIn
+            | ErrorCode::Undeliverable
             | ErrorCode::Unspecified => {
                 ClientError::protocol(format!("{}: {text}", code.as_str_name()))
             }

@@ -33,6 +33,19 @@ pub enum Event {
         /// The server's explanation.
         text: String,
     },
+    /// A message for this user was stored but can never be delivered (its frame exceeds the
+    /// server's frame limit, after a configuration change for example). The server skips it;
+    /// show the user that something is missing.
+    Undeliverable {
+        /// The message's id.
+        message_id: u64,
+        /// Its conversation.
+        conversation: Conversation,
+        /// Its sequence in the conversation.
+        seq: u64,
+        /// The server's explanation.
+        text: String,
+    },
 }
 
 /// A message received from another user.

@@ -54,6 +54,7 @@ async fn a_refused_token_fails_connect_with_unauthenticated() {
             code: ErrorCode::Unauthenticated as i32,
             text: "token expired".into(),
             client_msg_id: String::new(),
+            ..Default::default()
         }))
         .await;
     });
@@ -232,6 +233,7 @@ async fn a_send_resolves_with_its_ack_and_a_refused_one_with_its_error_kind() {
             code: ErrorCode::UnknownRecipient as i32,
             text: "no user 99".into(),
             client_msg_id: send.client_msg_id,
+            ..Default::default()
         }))
         .await;
     });

@@ -17,8 +17,9 @@ use cim_core::embedded::memory::{
 };
 use cim_core::token::TokenKey;
 use cim_core::{NameRules, ServerId, Stores};
+use cim_pipeline::{LimitsConfig, RateLimit};
 use cim_route::{Route, RouteConfig};
-use cim_server::{RateLimitConfig, RunningServer, Server, ServerConfig};
+use cim_server::{RunningServer, Server, ServerConfig};
 use support::{next_event, next_message, wait_for_state, within};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -33,6 +34,15 @@ struct System {
 impl System {
     /// A route and one server per id, the route seeing every server.
     async fn start(server_ids: &[&str]) -> System {
+        Self::start_with(server_ids, RouteConfig::default(), generous_limits()).await
+    }
+
+    /// As [`System::start`], with the route's own configuration and limits.
+    async fn start_with(
+        server_ids: &[&str],
+        route_config: RouteConfig,
+        route_limits: LimitsConfig,
+    ) -> System {
         let stores = Stores {
             meta: Arc::new(MemoryMetaStore::new(Duration::from_secs(1))),
             sessions: Arc::new(MemorySessionStore::new(Duration::from_secs(1))),
@@ -48,11 +58,13 @@ impl System {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let route_url = format!("http://{}", listener.local_addr().expect("addr"));
         let route = Route::new(
-            RouteConfig::default(),
+            route_config,
             stores.clone(),
             key.clone(),
             NameRules::default(),
-        );
+            route_limits,
+        )
+        .expect("valid limits");
         let mut seen = route.servers();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(route.serve(listener, async {
@@ -103,27 +115,26 @@ impl System {
     }
 }
 
+/// Limits no test here reaches.
+fn generous_limits() -> LimitsConfig {
+    LimitsConfig::default().with_rates(RateLimit::new(10_000, 10_000))
+}
+
 async fn start_server(stores: &Stores, key: &TokenKey, id: &str) -> RunningServer {
     let config = ServerConfig {
         listen: "127.0.0.1:0".into(),
         internal_listen: "127.0.0.1:0".into(),
-        rate_limit: RateLimitConfig {
-            messages_per_second: 10_000,
-            burst: 10_000,
-        },
         session_refresh: Duration::from_millis(500),
         load_report: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(2),
         ..ServerConfig::default()
     };
-    Server::start(
-        config,
-        ServerId::new(id).expect("id"),
-        stores.clone(),
-        key.clone(),
-    )
-    .await
-    .expect("server starts")
+    Server::builder(ServerId::new(id).expect("id"), stores.clone(), key.clone())
+        .config(config)
+        .limits(generous_limits())
+        .start()
+        .await
+        .expect("server starts")
 }
 
 /// The next message's body.
@@ -201,6 +212,86 @@ async fn a_private_message_sent_while_offline_arrives_after_login() {
     let message = next_message(&mut bob_events).await;
     assert_eq!(message.body, "while you were out");
     assert!(message.offline, "it waited for bob");
+}
+
+#[tokio::test]
+async fn a_stored_message_no_frame_can_carry_is_skipped_with_an_event_and_delivery_goes_on() {
+    // A deployment whose route accepts bodies its servers' frames cannot carry (its [limits]
+    // and [server] sections disagree): what the route stored must never wedge a recipient.
+    let mut route_limits = generous_limits();
+    route_limits.max_body_len = 100_000;
+    let route_config = RouteConfig {
+        max_request_len: 1 << 20,
+        max_frame_len: 1 << 20,
+        ..RouteConfig::default()
+    };
+    let system = System::start_with(&["s1"], route_config, route_limits).await;
+    let (alice, _alice_events) = system.join("alice").await;
+    let (bob, _bob_events) = system.join("bob").await;
+    let bob_id = bob.info().user_id;
+    bob.close().await;
+
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{}/api/v1/login", system.route_url))
+        .json(&serde_json::json!({"name": "alice", "password": "password-of-alice"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login body");
+    let token = login["token"].as_str().expect("a token").to_string();
+    let sent = http
+        .post(format!("{}/api/v1/messages", system.route_url))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "to_user": bob_id, "client_msg_id": "big", "body": "x".repeat(70_000)
+        }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        sent.status(),
+        200,
+        "the route stores it: {:?}",
+        sent.text().await
+    );
+    alice
+        .send_to_user(bob_id, "after the big one")
+        .await
+        .expect("stored");
+
+    // Bob logs in: the big message is reported and skipped, the next one arrives, and so do
+    // live messages afterwards, on the same connection.
+    let bob = within("bob again", system.user("bob").connect())
+        .await
+        .expect("connects");
+    let mut bob_events = bob.events().expect("stream");
+    let skipped = loop {
+        match next_event(&mut bob_events).await {
+            Event::Undeliverable { seq, text, .. } => break (seq, text),
+            Event::State(_) => continue,
+            other => panic!("expected the skipped message first, got {other:?}"),
+        }
+    };
+    assert_eq!(skipped.0, 1, "{}", skipped.1);
+    assert!(skipped.1.contains("frame"), "{}", skipped.1);
+    let next = next_message(&mut bob_events).await;
+    assert_eq!((next.seq, next.body.as_str()), (2, "after the big one"));
+    let connection = bob.info().connection_id;
+    alice.send_to_user(bob_id, "live").await.expect("stored");
+    assert_eq!(next_body(&mut bob_events).await, "live");
+    assert_eq!(bob.info().connection_id, connection, "never reconnected");
+
+    // Acknowledged past: a later login does not get it again.
+    bob.close().await;
+    let bob = within("bob once more", system.user("bob").connect())
+        .await
+        .expect("connects");
+    let mut bob_events = bob.events().expect("stream");
+    alice.send_to_user(bob_id, "fresh").await.expect("stored");
+    assert_eq!(next_body(&mut bob_events).await, "fresh");
 }
 
 #[tokio::test]

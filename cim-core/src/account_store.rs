@@ -52,7 +52,9 @@ impl AccountCapabilities {
 /// - **Groups.** The owner is the first member. Adding a member who is one already, or removing
 ///   one who is not, changes nothing and returns false. A missing group or user is
 ///   [`NotFound`](crate::ErrorKind::NotFound). Members are listed by user id with a cursor; a
-///   user's groups are listed by group id.
+///   user's groups are listed by group id. [`is_member`](Self::is_member) answers for one pair
+///   at the cost of one look-up (it is on every group send), and false for a missing group or
+///   user.
 /// - **Errors.** `InvalidInput` for a limit of 0, `Unavailable` / `Timeout` for an unreachable
 ///   backend, `Unsupported` outside the capabilities.
 #[async_trait]
@@ -120,6 +122,12 @@ pub trait AccountStore: Send + Sync + 'static {
 
     /// The groups `user` is a member of, by group id.
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>>;
+
+    /// Whether `user` is a member of `group`: one look-up, whatever the number of groups or
+    /// members. False, not an error, when the group or the user does not exist (so a caller
+    /// can give outsiders one answer for both), and for the built-in "all" group, which is
+    /// never stored.
+    async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool>;
 }
 
 /// A hash of nothing in particular, checked against when the user does not exist.

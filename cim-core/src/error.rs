@@ -7,6 +7,7 @@
 //! original error, when there is one, stays reachable through [`std::error::Error::source`].
 
 use std::fmt;
+use std::time::Duration;
 
 /// What went wrong, in terms a caller can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +25,11 @@ pub enum ErrorKind {
     InvalidInput,
     /// The credentials or token are wrong, expired or missing.
     Unauthenticated,
+    /// The caller is known but not allowed to do this (not a member of the group, not its
+    /// owner, not allowed to broadcast). Retrying the same request fails again.
+    PermissionDenied,
+    /// The caller is over a rate limit. Retrying after [`Error::retry_after`] may succeed.
+    RateLimited,
     /// The backend cannot be reached or refused to serve (connection lost, pool exhausted,
     /// server shutting down). Retrying later may help.
     Unavailable,
@@ -48,6 +54,8 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Unsupported => "unsupported",
@@ -58,7 +66,10 @@ impl ErrorKind {
 
     /// Whether this kind is, by default, worth retrying unchanged.
     fn retryable_by_default(self) -> bool {
-        matches!(self, ErrorKind::Unavailable | ErrorKind::Timeout)
+        matches!(
+            self,
+            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::RateLimited
+        )
     }
 }
 
@@ -77,6 +88,7 @@ pub struct Error {
     message: String,
     context: Vec<(&'static str, String)>,
     retryable: bool,
+    retry_after: Option<Duration>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -91,6 +103,7 @@ impl Error {
             message: message.into(),
             context: Vec::new(),
             retryable: kind.retryable_by_default(),
+            retry_after: None,
             source: None,
         }
     }
@@ -118,6 +131,18 @@ impl Error {
     /// [`ErrorKind::Unauthenticated`].
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unauthenticated, message)
+    }
+
+    /// [`ErrorKind::PermissionDenied`].
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
+
+    /// [`ErrorKind::RateLimited`]: the caller may try again after `retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
+        let mut error = Self::new(ErrorKind::RateLimited, message);
+        error.retry_after = Some(retry_after);
+        error
     }
 
     /// [`ErrorKind::Unavailable`].
@@ -185,6 +210,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
+
+    /// How long to wait before retrying, when the error says (a rate limit does).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
 }
 
 impl fmt::Display for Error {
@@ -213,6 +243,9 @@ impl fmt::Debug for Error {
         d.field("kind", &self.kind)
             .field("message", &self.message)
             .field("retryable", &self.retryable);
+        if let Some(retry_after) = self.retry_after {
+            d.field("retry_after", &retry_after);
+        }
         if !self.context.is_empty() {
             d.field("context", &self.context);
         }

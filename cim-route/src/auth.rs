@@ -9,7 +9,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use cim_core::token::Claims;
-use cim_server::peer::PEER_NAME_PREFIX;
+use cim_pipeline::peer::PEER_NAME_PREFIX;
 
 use crate::error::ApiError;
 use crate::state::SharedState;

@@ -30,7 +30,7 @@ pub struct RouteConfig {
     /// means this.
     pub max_page: u32,
     /// The largest request body accepted, in bytes; larger requests get 413.
-    pub max_body_len: usize,
+    pub max_request_len: usize,
     /// The name this route introduces itself with to the servers' internal ports (in the
     /// `PeerHello`). Give every route of a deployment its own, for the servers' logs.
     pub name: String,
@@ -41,6 +41,22 @@ pub struct RouteConfig {
     /// waits before watching again after the watch failed). Written like `2s`.
     #[serde(with = "humantime_serde")]
     pub discovery_interval: Duration,
+    /// How long a client may take to send a request's headers; also how long a kept-alive
+    /// connection may wait idle for its next request. Written like `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a request body may go without a byte arriving. Written like `10s`.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long a request may take in all (reading it, and answering: a login queued behind
+    /// password checks, say) before it is answered `408`. Written like `30s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The most HTTP connections open at once; more are closed as soon as they are accepted.
+    /// Unset: a quarter of the process's open-files limit (after a reserve), so that a flood of
+    /// HTTP connections never takes the descriptors a server in the same process needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// What a second login of an online user does.
@@ -63,10 +79,14 @@ impl Default for RouteConfig {
             login_policy: LoginPolicy::Replace,
             reachability_timeout: Duration::from_millis(500),
             max_page: 100,
-            max_body_len: 64 * 1024,
+            max_request_len: 64 * 1024,
             name: "route".to_string(),
             max_frame_len: cim_proto::DEFAULT_MAX_FRAME_LEN,
             discovery_interval: Duration::from_secs(2),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cim_core::{LoadBalancer, MetaEvent, MetaStore, ServerId, ServerInfo};
-use cim_server::PeerPool;
+use cim_pipeline::PeerPool;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -12,16 +12,14 @@ use axum::response::{IntoResponse, Response};
 use cim_core::{Error, ErrorKind};
 use cim_proto::http::ErrorBody;
 
-/// The `code` of a 403: the caller is known but not allowed (not a member, not the owner).
-/// cim-core has no such kind: authorisation is the route's business.
-pub const FORBIDDEN: &str = "forbidden";
-
-/// An error answered to an HTTP client: a status, a stable code and a message.
+/// An error answered to an HTTP client: a status, a stable code, a message, and for a rate
+/// limit how long to wait.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<std::time::Duration>,
 }
 
 /// The result of a handler.
@@ -34,12 +32,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
-    /// 403 `forbidden`.
+    /// 403 `permission_denied`.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, FORBIDDEN, message)
+        Error::permission_denied(message).into()
     }
 
     /// 400 `invalid_input`.
@@ -65,6 +64,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
         ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
@@ -95,6 +96,7 @@ impl From<Error> for ApiError {
             status,
             code: kind.as_str(),
             message,
+            retry_after: error.retry_after(),
         }
     }
 }
@@ -110,6 +112,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up: a client that waits that long gets through.
+            let seconds = wait.as_millis().div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
         }
         response
     }
@@ -127,6 +136,12 @@ mod tests {
             (Error::conflict("x"), 409, "conflict"),
             (Error::invalid_input("x"), 400, "invalid_input"),
             (Error::unauthenticated("x"), 401, "unauthenticated"),
+            (Error::permission_denied("x"), 403, "permission_denied"),
+            (
+                Error::rate_limited("x", std::time::Duration::from_secs(1)),
+                429,
+                "rate_limited",
+            ),
             (Error::unavailable("x"), 503, "unavailable"),
             (Error::timeout("x"), 504, "timeout"),
             (Error::unsupported("x"), 501, "unsupported"),

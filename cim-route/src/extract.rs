@@ -37,7 +37,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             cim_core::ErrorKind::InvalidInput.as_str(),
-            "the request body is larger than the route accepts (`[route] max_body_len`)",
+            "the request body is larger than the route accepts (`[route] max_request_len`)",
         );
     }
     // axum's texts say what is wrong ("Expected request with `Content-Type: application/json`",

@@ -13,16 +13,17 @@
 //! original cim made an HTTP hop through the route for every message).
 //!
 //! ```no_run
-//! # async fn demo(stores: cim_core::Stores, key: cim_core::token::TokenKey) -> std::io::Result<()> {
+//! # async fn demo(stores: cim_core::Stores, key: cim_core::token::TokenKey) -> Result<(), Box<dyn std::error::Error>> {
 //! use cim_route::{Route, RouteConfig};
 //!
 //! let config = RouteConfig::default();
 //! let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-//! let route = Route::new(config, stores, key, cim_core::NameRules::default());
+//! let limits = cim_pipeline::LimitsConfig::default();
+//! let route = Route::new(config, stores, key, cim_core::NameRules::default(), limits)?;
 //! // Serves until the sender is used or dropped (a binary waits for Ctrl-C / SIGTERM here).
 //! let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! route.serve(listener, async { let _ = stopped.await; }).await
-//! # }
+//! route.serve(listener, async { let _ = stopped.await; }).await?;
+//! # Ok(()) }
 //! ```
 
 mod api;
@@ -34,6 +35,7 @@ mod extract;
 mod openapi;
 mod placement;
 mod route;
+mod serve;
 mod state;
 mod views;
 

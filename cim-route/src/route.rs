@@ -12,14 +12,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use cim_core::token::TokenKey;
-use cim_core::{NameRules, ServerInfo, Stores};
-use cim_server::{Dispatcher, PeerPool};
+use cim_core::{NameRules, Result, ServerInfo, Stores};
+use cim_pipeline::admission::{self, ConnectionLimit};
+use cim_pipeline::{LimitsConfig, PeerPool, Pipeline};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api;
 use crate::config::RouteConfig;
 use crate::discovery::{Discovery, Subscribers};
+use crate::serve::{self, HttpLimits};
 use crate::state::{AppState, SharedState};
 
 /// cim's HTTP API over a set of backends.
@@ -31,13 +33,37 @@ pub struct Route {
 }
 
 impl Route {
-    /// A route serving `stores`: it signs and checks tokens with `key` (the deployment's shared
-    /// secret) and validates new user and group names with `names` (the `[names]` section).
+    /// A route serving `stores` with its own message pipeline (a cluster's route, which holds
+    /// no connections and relays every message to the servers): it signs and checks tokens
+    /// with `key` (the deployment's shared secret), applies `limits` (the `[limits]` section)
+    /// to messages sent over HTTP, and validates new user and group names with `names` (the
+    /// `[names]` section).
     ///
-    /// It starts following the MetaStore at once, so it must be called within a Tokio runtime.
-    pub fn new(config: RouteConfig, stores: Stores, key: TokenKey, names: NameRules) -> Route {
+    /// `Config` if the limits are invalid or do not fit in `max_frame_len`. It starts
+    /// following the MetaStore at once, so it must be called within a Tokio runtime.
+    pub fn new(
+        config: RouteConfig,
+        stores: Stores,
+        key: TokenKey,
+        names: NameRules,
+        limits: LimitsConfig,
+    ) -> Result<Route> {
         let peers = PeerPool::new(config.name.clone(), key.clone(), config.max_frame_len);
-        let dispatcher = Dispatcher::new(stores.clone(), peers.clone(), None);
+        let pipeline = Pipeline::new(stores, limits, &names, peers, None)?;
+        Ok(Route::with_pipeline(config, pipeline, key, names))
+    }
+
+    /// A route whose HTTP sends go through `pipeline`, shared with a server in the same
+    /// process (`cim standalone`): one rate limit per user for both, and deliveries straight
+    /// to the server's connections.
+    pub fn with_pipeline(
+        config: RouteConfig,
+        pipeline: Pipeline,
+        key: TokenKey,
+        names: NameRules,
+    ) -> Route {
+        let stores: Stores = pipeline.stores().clone();
+        let peers = pipeline.peers().clone();
         let (cluster_tx, cluster) = watch::channel(Arc::new(Vec::new()));
         let discovery = Discovery::spawn(
             Arc::clone(&stores.meta),
@@ -54,7 +80,7 @@ impl Route {
             stores,
             key,
             peers,
-            dispatcher,
+            pipeline,
             cluster,
         });
         Route {
@@ -86,7 +112,7 @@ impl Route {
         router
             .fallback(api::no_such_endpoint)
             .method_not_allowed_fallback(api::method_not_allowed)
-            .layer(DefaultBodyLimit::max(self.state.config.max_body_len))
+            .layer(DefaultBodyLimit::max(self.state.config.max_request_len))
             .with_state(Arc::clone(&self.state))
     }
 
@@ -97,12 +123,21 @@ impl Route {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
+        let config = &self.state.config;
+        let limits = HttpLimits {
+            header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
+            request_timeout: config.request_timeout,
+            connections: ConnectionLimit::new(
+                config
+                    .max_connections
+                    .unwrap_or_else(|| admission::default_share(1)),
+            ),
+        };
         if let Ok(address) = listener.local_addr() {
-            tracing::info!(%address, "route listening");
+            tracing::info!(%address, max_connections = limits.connections.max(), "route listening");
         }
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = serve::serve(listener, self.router(), limits, shutdown).await;
         drop(self);
         tracing::info!("route stopped");
         result

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use cim_core::token::TokenKey;
 use cim_core::{NameRules, ServerInfo, Stores};
-use cim_server::{Dispatcher, PeerPool};
+use cim_pipeline::{PeerPool, Pipeline};
 use tokio::sync::watch;
 
 use crate::config::RouteConfig;
@@ -25,8 +25,8 @@ pub(crate) struct AppState {
     pub(crate) key: TokenKey,
     /// Internal links to the servers, for kicks.
     pub(crate) peers: PeerPool,
-    /// Fans messages sent over HTTP out to their online recipients.
-    pub(crate) dispatcher: Dispatcher,
+    /// The message pipeline messages sent over HTTP go through.
+    pub(crate) pipeline: Pipeline,
     /// The live servers, as discovery last saw them.
     pub(crate) cluster: watch::Receiver<Arc<Vec<ServerInfo>>>,
 }

@@ -1,10 +1,11 @@
 //! [`ServerConfig`]: the `[server]` section of `cim.toml`.
 //!
-//! Every limit that protects the server from a client (frame and body sizes, the login and idle
-//! timeouts, the rate limit, the outbound queue) is here, with a default that suits a chat
-//! deployment, so that an operator can see what a client is allowed to do and change it. Values
-//! that would make the server misbehave (zero durations, a body limit the frame limit cannot
-//! carry) are refused by [`ServerConfig::validate`] with a message naming the key.
+//! Every limit that protects the server from a client connection (the frame size, the login and
+//! idle timeouts, the outbound queue) is here, with a default that suits a chat deployment, so
+//! that an operator can see what a client is allowed to do and change it. What a user may send,
+//! whichever way they send it (body size, message and frame rates), is the pipeline's `[limits]`
+//! section. Values that would make the server misbehave (zero durations) are refused by
+//! [`ServerConfig::validate`] with a message naming the key.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,10 +35,8 @@ pub struct ServerConfig {
     /// The listen backlog of both sockets. Default 4096.
     pub backlog: u32,
     /// The largest frame accepted or sent, in bytes (the length prefix excluded). Default 64 KiB.
+    /// Must carry the largest message `[limits] max_body_len` allows, with its other fields.
     pub max_frame_len: usize,
-    /// The longest message body accepted, in bytes. Default 16 KiB. Must leave at least 1 KiB
-    /// of `max_frame_len` for the rest of a frame.
-    pub max_body_len: usize,
     /// How often clients should ping when idle, announced at login. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -48,8 +47,6 @@ pub struct ServerConfig {
     /// A connection must send its `Login` frame within this time. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub login_timeout: Duration,
-    /// Per connection limit on `Send` frames.
-    pub rate_limit: RateLimitConfig,
     /// Frames queued for one connection before it counts as too slow and is closed (instead
     /// of slowing down everyone who sends to it). Default 1024.
     pub outbound_queue: usize,
@@ -72,27 +69,11 @@ pub struct ServerConfig {
     /// Default `5s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-}
-
-/// A token bucket per connection: `burst` `Send` frames at once, refilled at
-/// `messages_per_second`. A frame over the limit gets `Error { RATE_LIMITED }`; a connection
-/// that keeps sending after three bursts' worth of refusals is closed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Sustained rate. Default 50.
-    pub messages_per_second: u32,
-    /// Bucket size. Default 100.
-    pub burst: u32,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        RateLimitConfig {
-            messages_per_second: 50,
-            burst: 100,
-        }
-    }
+    /// The most connections open at once, client and internal together; more are closed as
+    /// soon as they are accepted. Unset: three quarters of the process's open-files limit
+    /// (after a reserve), leaving the rest to a route in the same process and to the stores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -104,23 +85,22 @@ impl Default for ServerConfig {
             advertised_host: None,
             backlog: 4096,
             max_frame_len: cim_proto::DEFAULT_MAX_FRAME_LEN,
-            max_body_len: 16 * 1024,
             heartbeat_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(10),
-            rate_limit: RateLimitConfig::default(),
             outbound_queue: 1024,
             login_policy: BindPolicy::Replace,
             session_refresh: Duration::from_secs(10),
             load_report: Duration::from_secs(5),
             register_wait: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            max_connections: None,
         }
     }
 }
 
-/// Room a frame needs beside its body (ids, names, conversation, the envelope).
-const FRAME_OVERHEAD: usize = 1024;
+/// The smallest frame limit accepted: room for every frame but the messages themselves.
+const MIN_FRAME_LEN: usize = 2048;
 
 impl ServerConfig {
     /// The `[server]` section of `figment` (see [`cim_core::CoreConfig::figment`]), defaults
@@ -178,23 +158,12 @@ impl ServerConfig {
                 )));
             }
         }
-        if self.max_frame_len < 2 * FRAME_OVERHEAD || u32::try_from(self.max_frame_len).is_err() {
+        if self.max_frame_len < MIN_FRAME_LEN || u32::try_from(self.max_frame_len).is_err() {
             return Err(Error::config(format!(
-                "[server] max_frame_len = {} is out of range; use 2048 to 4294967295 bytes",
+                "[server] max_frame_len = {} is out of range; use {MIN_FRAME_LEN} to 4294967295 \
+                 bytes",
                 self.max_frame_len
             )));
-        }
-        if self.max_body_len == 0 || self.max_body_len > self.max_frame_len - FRAME_OVERHEAD {
-            return Err(Error::config(format!(
-                "[server] max_body_len = {} must be 1 to max_frame_len - {FRAME_OVERHEAD} ({})",
-                self.max_body_len,
-                self.max_frame_len - FRAME_OVERHEAD
-            )));
-        }
-        if self.rate_limit.messages_per_second == 0 || self.rate_limit.burst == 0 {
-            return Err(Error::config(
-                "[server.rate_limit] messages_per_second and burst must be at least 1",
-            ));
         }
         if self.outbound_queue == 0 || self.backlog == 0 {
             return Err(Error::config(
@@ -258,15 +227,11 @@ mod tests {
             idle_timeout = "300ms"
             heartbeat_interval = "100ms"
             login_policy = "reject"
-            [server.rate_limit]
-            burst = 5
             "#,
         )
         .expect("valid");
         assert_eq!(config.idle_timeout, Duration::from_millis(300));
         assert_eq!(config.login_policy, BindPolicy::Reject);
-        assert_eq!(config.rate_limit.burst, 5);
-        assert_eq!(config.rate_limit.messages_per_second, 50);
         assert_eq!(config.server_id().expect("valid id").as_str(), "node-1");
     }
 
@@ -277,8 +242,8 @@ mod tests {
         assert!(err.message().contains("listen_port"), "{err}");
         let err = parse("[server]\nidle_timeout = \"1s\"").expect_err("shorter than heartbeat");
         assert!(err.message().contains("idle_timeout"), "{err}");
-        let err = parse("[server]\nmax_body_len = 65536").expect_err("body above frame");
-        assert!(err.message().contains("max_body_len"), "{err}");
+        let err = parse("[server]\nmax_frame_len = 100").expect_err("frame too small");
+        assert!(err.message().contains("max_frame_len"), "{err}");
     }
 
     #[test]

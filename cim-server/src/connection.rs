@@ -30,9 +30,12 @@ use std::time::Duration;
 
 use cim_core::token::Claims;
 use cim_core::{
-    BindOutcome, ConnectionId, ConversationId, Error, ErrorKind, GroupId, NewMessage, Recipient,
-    Result, Seq, Session, SessionRef, StoredMessage, Timestamp, UserId,
+    BindOutcome, ConnectionId, ConversationId, Error, ErrorKind, GroupId, Seq, Session, SessionRef,
+    Timestamp, UserId,
 };
+use cim_pipeline::delivery::{deliver_frame, recipient_from_proto};
+use cim_pipeline::local::{ConnectionHandle, Control};
+use cim_pipeline::{Accepted, Delivery, SendRequest, Sender, TokenBucket};
 use cim_proto::v1::{self, PeerKick};
 use cim_proto::{Body, ErrorCode, Frame, KickReason};
 use futures::{SinkExt, StreamExt};
@@ -41,12 +44,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::Framed;
 
-use crate::delivery::{Delivery, deliver_frame, recipient_from_proto};
-use crate::local::{ConnectionHandle, Control};
-use crate::rate_limit::{TokenBucket, Verdict};
 use crate::server::Shared;
 use crate::wire::{
-    ClientCodec, ClientFramed, Outbound, close, error_code, error_frame, frame_error, kicked_frame,
+    ClientCodec, ClientFramed, Outbound, close, error_code, error_frame, failure_frame,
+    frame_error, kicked_frame, undeliverable_frame,
 };
 
 /// The longest device label accepted at login, in bytes.
@@ -89,12 +90,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         device,
         login_at: Timestamp::now(),
     };
+    let limits = shared.pipeline.limits();
     let mut connection = Connection {
-        bucket: TokenBucket::new(&shared.config.rate_limit, Instant::now()),
+        frames: TokenBucket::new(limits.frames, Instant::now()),
+        refused_frames: Refusals::new(limits.frames.burst),
+        refused_sends: Refusals::new(limits.messages.burst),
+        sender: Sender::new(claims.user_id, claims.user_name),
+        user: claims.user_id,
         shared: Arc::clone(&shared),
         framed,
-        user: claims.user_id,
-        user_name: claims.user_name,
         connection_id,
         deliveries,
         control,
@@ -173,11 +177,17 @@ struct Connection {
     shared: Arc<Shared>,
     framed: ClientFramed,
     user: UserId,
-    user_name: String,
+    /// The user, as the pipeline and recipients see them.
+    sender: Sender,
     connection_id: ConnectionId,
     deliveries: mpsc::Receiver<Arc<Delivery>>,
     control: mpsc::Receiver<Control>,
-    bucket: TokenBucket,
+    /// Every frame the client sends takes a token (`[limits.frames]`).
+    frames: TokenBucket,
+    /// Frames refused for the frame rate, and messages for the message rate, since the client
+    /// last let its frame bucket fill up.
+    refused_frames: Refusals,
+    refused_sends: Refusals,
     /// Per conversation, the highest sequence the sync sent: live deliveries at or below it
     /// are duplicates.
     synced: HashMap<ConversationId, Seq>,
@@ -197,7 +207,7 @@ impl Connection {
         }
         let result = Body::LoginResult(v1::LoginResult {
             user_id: self.user.0,
-            user_name: self.user_name.clone(),
+            user_name: self.sender.name.to_string(),
             server_id: self.shared.id.to_string(),
             connection_id: self.connection_id.0,
             heartbeat_interval_ms: millis(self.shared.config.heartbeat_interval),
@@ -299,10 +309,19 @@ impl Connection {
                 .pending(self.user, &groups, cursor.as_ref(), SYNC_PAGE)
                 .await
                 .map_err(unavailable)?;
+            let max_frame_len = self.shared.config.max_frame_len;
             for message in page.items {
                 let name = sender_name(&stores, &mut names, message.sender).await;
-                let frame = Body::Deliver(deliver_frame(&message, &name));
-                self.feed(frame.into()).await.map_err(|()| None)?;
+                let item = match Delivery::encode(&deliver_frame(&message, &name), max_frame_len) {
+                    Ok(delivery) => Outbound::Delivery(delivery),
+                    Err(e) => {
+                        // Stored under other limits, or with a longer name than the rules
+                        // allow now: tell the client what it misses, and move on.
+                        tracing::warn!(message = %message.id, error = %e, "skipping a message no frame can carry");
+                        undeliverable_frame(&message, &e)
+                    }
+                };
+                self.feed(item).await.map_err(|()| None)?;
                 let synced = self.synced.entry(message.conversation).or_default();
                 *synced = (*synced).max(message.seq);
             }
@@ -405,26 +424,33 @@ impl Connection {
     }
 
     async fn handle(&mut self, frame: Frame) -> Step {
+        let now = Instant::now();
+        if self.frames.is_full(now) {
+            // The client let its bucket fill up: it is not flooding.
+            self.refused_frames.forgive();
+            self.refused_sends.forgive();
+        }
+        if self.frames.take(now).is_err() {
+            if self.refused_frames.count() {
+                return Step::Close(Some(flooding_frame("")));
+            }
+            // Tell the client once per flood, not per frame: answering every frame of a flood
+            // would cost what the limit is there to save.
+            if self.refused_frames.is_first() {
+                let limit = self.shared.pipeline.limits().frames;
+                let text = format!(
+                    "more than {} frames per second; frames are ignored until you slow down",
+                    limit.per_second
+                );
+                return self
+                    .reply(error_frame(ErrorCode::RateLimited, text, ""))
+                    .await;
+            }
+            return Step::Continue;
+        }
         let reply = match frame.body {
             Some(Body::Ping(ping)) => Body::Pong(v1::Pong { nonce: ping.nonce }).into(),
-            Some(Body::Send(send)) => match self.bucket.take(Instant::now()) {
-                Verdict::Allowed => return self.handle_send(send).await,
-                Verdict::Refused => error_frame(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} messages per second; slow down",
-                        self.shared.config.rate_limit.messages_per_second
-                    ),
-                    &send.client_msg_id,
-                ),
-                Verdict::Flooding => {
-                    return Step::Close(Some(error_frame(
-                        ErrorCode::RateLimited,
-                        "too many messages over the rate limit; closing the connection",
-                        &send.client_msg_id,
-                    )));
-                }
-            },
+            Some(Body::Send(send)) => return self.handle_send(send).await,
             Some(Body::DeliveryAck(ack)) => match self.handle_ack(ack).await {
                 Some(error) => error,
                 None => return Step::Continue,
@@ -451,118 +477,33 @@ impl Connection {
         }
     }
 
-    /// Validates, stores (or schedules), acknowledges, then dispatches a message.
+    /// Takes a message through the pipeline and acknowledges it (or says why not).
     async fn handle_send(&mut self, send: v1::Send) -> Step {
         let client_msg_id = send.client_msg_id.clone();
-        match self.store(send).await {
-            Ok((ack, stored)) => {
-                // Acknowledge first: the message is safe, and the sender should not wait for
-                // the fan-out.
-                if let Step::Close(last) = self.reply(Body::SendAck(ack).into()).await {
-                    return Step::Close(last);
-                }
-                if let Some(message) = stored
-                    && let Err(e) = self
-                        .shared
-                        .dispatcher
-                        .dispatch(&message, &self.user_name)
-                        .await
-                {
-                    tracing::debug!(message = %message.id, error = %e, "live delivery incomplete");
-                }
-                Step::Continue
-            }
-            Err(e) => {
-                if !matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::NotFound) {
-                    tracing::warn!(user = %self.user, error = %e, "cannot store a message");
-                }
-                let code = match e.kind() {
-                    ErrorKind::Unauthenticated => ErrorCode::Forbidden,
-                    kind => error_code(kind),
+        let result = match recipient_from_proto(send.to.as_ref()) {
+            Ok(to) => {
+                let request = SendRequest {
+                    to,
+                    client_msg_id: send.client_msg_id,
+                    body: send.body,
+                    deliver_at: send.deliver_at_ms.map(Timestamp),
                 };
-                self.reply(error_frame(code, e.message().to_string(), &client_msg_id))
-                    .await
+                self.shared.pipeline.send(&self.sender, request).await
             }
-        }
-    }
-
-    /// Stores or schedules `send`; the ack, and the message to dispatch if there is a new one.
-    async fn store(&self, send: v1::Send) -> Result<(v1::SendAck, Option<StoredMessage>)> {
-        let config = &self.shared.config;
-        if send.body.len() > config.max_body_len {
-            return Err(Error::invalid_input(format!(
-                "the body is {} bytes; the limit is {} bytes",
-                send.body.len(),
-                config.max_body_len
-            )));
-        }
-        let to = recipient_from_proto(send.to.as_ref())?;
-        let message = NewMessage {
-            sender: self.user,
-            to,
-            client_msg_id: send.client_msg_id,
-            body: send.body,
-            sent_at: Timestamp::now(),
+            Err(e) => Err(e),
         };
-        message.validate()?;
-        self.check_recipient(to).await?;
-        let stores = &self.shared.stores;
-        if let Some(at) = send.deliver_at_ms.map(Timestamp)
-            && at > message.sent_at
-        {
-            let scheduled = stores.messages.schedule(message.clone(), at).await?;
-            let ack = v1::SendAck {
-                conversation: message.conversation().to_string(),
-                client_msg_id: message.client_msg_id,
-                scheduled_id: scheduled.id.0,
-                sent_at_ms: message.sent_at.as_millis(),
-                ..Default::default()
-            };
-            return Ok((ack, None));
-        }
-        let appended = stores.messages.append(message).await?;
-        let stored = appended.message;
-        let ack = v1::SendAck {
-            client_msg_id: stored.client_msg_id.clone(),
-            message_id: stored.id.0,
-            conversation: stored.conversation.to_string(),
-            seq: stored.seq.0,
-            sent_at_ms: stored.sent_at.as_millis(),
-            scheduled_id: 0,
-        };
-        // A retry of a stored message is acknowledged and delivered again: its first attempt may
-        // have been stored by a server that died before delivering it, and a recipient who
-        // stayed connected would otherwise never get it. Recipients drop what they already have
-        // (delivery is at least once, by message id).
-        Ok((ack, Some(stored)))
-    }
-
-    /// `NotFound` for an unknown user or group, `Unauthenticated` (sent as `FORBIDDEN`) when
-    /// the sender is not a member of the group.
-    async fn check_recipient(&self, to: Recipient) -> Result<()> {
-        let accounts = &self.shared.stores.accounts;
-        match to {
-            Recipient::User(user) => match accounts.user(user).await? {
-                Some(_) => Ok(()),
-                None => Err(Error::not_found(format!("there is no user {user}"))),
-            },
-            Recipient::Group(GroupId::ALL) => Ok(()),
-            Recipient::Group(group) => {
-                if accounts.group(group).await?.is_none() {
-                    return Err(Error::not_found(format!("there is no group {group}")));
+        match result {
+            Ok(accepted) => self.reply(Body::SendAck(send_ack(accepted)).into()).await,
+            Err(e) => {
+                match e.kind() {
+                    ErrorKind::RateLimited if self.refused_sends.count() => {
+                        return Step::Close(Some(flooding_frame(&client_msg_id)));
+                    }
+                    ErrorKind::InvalidInput | ErrorKind::NotFound | ErrorKind::PermissionDenied => {
+                    }
+                    _ => tracing::warn!(user = %self.user, error = %e, "cannot store a message"),
                 }
-                let member = accounts
-                    .user_groups(self.user)
-                    .await?
-                    .iter()
-                    .any(|g| g.id == group);
-                if member {
-                    Ok(())
-                } else {
-                    Err(Error::unauthenticated(format!(
-                        "you are not a member of group {group}; join it first"
-                    )))
-                }
+                self.reply(failure_frame(&e, &client_msg_id)).await
             }
         }
     }
@@ -632,6 +573,67 @@ async fn sender_name(
     };
     names.insert(sender, name.clone());
     name
+}
+
+/// Rate-limit refusals in a row: a client that keeps sending after three bursts' worth of
+/// refusals, without ever letting its bucket fill up, is not a client to serve.
+struct Refusals {
+    refused: u64,
+    close_at: u64,
+}
+
+impl Refusals {
+    fn new(burst: u32) -> Self {
+        Refusals {
+            refused: 0,
+            close_at: 3 * u64::from(burst.max(1)),
+        }
+    }
+
+    /// Counts one; true once the connection should be closed.
+    fn count(&mut self) -> bool {
+        self.refused += 1;
+        self.refused >= self.close_at
+    }
+
+    /// Whether the last one counted was the first of this flood.
+    fn is_first(&self) -> bool {
+        self.refused == 1
+    }
+
+    fn forgive(&mut self) {
+        self.refused = 0;
+    }
+}
+
+/// The error a flooding connection is closed with.
+fn flooding_frame(client_msg_id: &str) -> Outbound {
+    error_frame(
+        ErrorCode::RateLimited,
+        "too many frames over the rate limit without slowing down; closing the connection",
+        client_msg_id,
+    )
+}
+
+/// The `SendAck` for what the pipeline did with a message.
+fn send_ack(accepted: Accepted) -> v1::SendAck {
+    match accepted {
+        Accepted::Stored { message, .. } => v1::SendAck {
+            client_msg_id: message.client_msg_id.clone(),
+            message_id: message.id.0,
+            conversation: message.conversation.to_string(),
+            seq: message.seq.0,
+            sent_at_ms: message.sent_at.as_millis(),
+            scheduled_id: 0,
+        },
+        Accepted::Scheduled { entry } => v1::SendAck {
+            conversation: entry.message.conversation().to_string(),
+            sent_at_ms: entry.message.sent_at.as_millis(),
+            scheduled_id: entry.id.0,
+            client_msg_id: entry.message.client_msg_id,
+            ..Default::default()
+        },
+    }
 }
 
 fn control_frame(control: Control) -> Last {

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use cim_core::{ConnectionId, UserId};
+use cim_pipeline::Delivery;
+use cim_pipeline::peer::PEER_NAME_PREFIX;
 use cim_proto::v1::{PeerDeliver, PeerFrame, PeerKick, peer_frame};
 use cim_proto::{FrameCodec, KickReason};
 use futures::StreamExt;
@@ -18,8 +20,6 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
 
-use crate::delivery::Delivery;
-use crate::peer::PEER_NAME_PREFIX;
 use crate::server::Shared;
 
 /// Serves one internal connection to its end.

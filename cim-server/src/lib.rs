@@ -5,16 +5,17 @@
 //! server holding the recipient over a persistent internal link. A recipient acknowledges what
 //! it received; after any reconnect it gets everything it did not acknowledge, in order.
 //!
+//! Every message a client sends goes through the one message pipeline (`cim-pipeline`), which
+//! the route's HTTP send API and the scheduler use too; this crate is the transport around it.
+//!
 //! | module | concept |
 //! |---|---|
 //! | [`config`] | the `[server]` section of `cim.toml` |
-//! | [`server`] | [`Server::start`], [`RunningServer`]: the node and its tasks |
+//! | [`server`] | [`Server::start`], [`ServerBuilder`], [`RunningServer`]: the node and its tasks |
 //! | `connection` | one client connection: login, sync, serve, close |
 //! | `internal` | the internal port: relayed messages and kicks from peers |
-//! | [`peer`] | [`PeerPool`]: outbound links to the other servers |
-//! | [`dispatch`] | [`Dispatcher`]: fan-out of a stored message, shared with the route |
-//! | [`local`] | [`LocalConnections`]: the connections this server holds |
-//! | `scheduler` | scheduled messages, delivered when due |
+//! | `scheduler` | scheduled messages, released into the pipeline when due |
+//! | `wire` | the client codec, error and kick frames, error kinds as wire codes |
 //!
 //! ```no_run
 //! # async fn demo(stores: cim_core::Stores, key: cim_core::token::TokenKey) -> cim_core::Result<()> {
@@ -33,18 +34,10 @@
 
 pub mod config;
 mod connection;
-mod delivery;
-pub mod dispatch;
 mod internal;
-pub mod local;
-pub mod peer;
-mod rate_limit;
 mod scheduler;
 pub mod server;
 mod wire;
 
-pub use config::{RateLimitConfig, ServerConfig};
-pub use dispatch::Dispatcher;
-pub use local::LocalConnections;
-pub use peer::PeerPool;
-pub use server::{RunningServer, Server};
+pub use config::ServerConfig;
+pub use server::{RunningServer, Server, ServerBuilder};

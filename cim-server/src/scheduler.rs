@@ -2,15 +2,16 @@
 //!
 //! Every server runs one, and they cooperate through the MessageStore alone:
 //! [`claim_due`](cim_core::MessageStore::claim_due) hands each due entry to one claimer at a
-//! time, for a claim period. The claimer appends the message (idempotent by its
+//! time, for a claim period. The claimer releases it into the message pipeline
+//! ([`Pipeline::release`](cim_pipeline::Pipeline::release): appended idempotently by its
 //! `client_msg_id`, so a claimer that dies after the append and before finishing is replaced
-//! without a duplicate), dispatches it, and finishes the entry. Nothing lives in memory between
-//! ticks, so with a durable store the schedule survives any restart.
+//! without a duplicate, then dispatched and finished). Nothing lives in memory between ticks, so
+//! with a durable store the schedule survives any restart.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cim_core::{ErrorKind, Result, ScheduledMessage, Timestamp};
+use cim_core::{Result, Timestamp};
 use tokio::time::MissedTickBehavior;
 
 use crate::server::Shared;
@@ -52,40 +53,10 @@ async fn run_due(shared: &Shared) -> Result<()> {
             .await?;
         let full = due.len() == BATCH as usize;
         for entry in due {
-            deliver(shared, entry).await?;
+            shared.pipeline.release(entry).await?;
         }
         if !full {
             return Ok(());
         }
-    }
-}
-
-async fn deliver(shared: &Shared, entry: ScheduledMessage) -> Result<()> {
-    let messages = &shared.stores.messages;
-    match messages.append(entry.message.clone()).await {
-        Ok(appended) => {
-            // Dispatch also after a duplicate append: the claimer before may have died between
-            // the append and the dispatch, and live duplicates are dropped by clients.
-            let sender_name = match shared.stores.accounts.user(entry.message.sender).await {
-                Ok(Some(user)) => user.name,
-                _ => String::new(),
-            };
-            if let Err(e) = shared
-                .dispatcher
-                .dispatch(&appended.message, &sender_name)
-                .await
-            {
-                tracing::debug!(error = %e, "live delivery of a scheduled message incomplete");
-            }
-        }
-        Err(e) if e.kind() == ErrorKind::InvalidInput => {
-            // It can never be stored; finishing it keeps it from being retried forever.
-            tracing::warn!(entry = %entry.id, error = %e, "dropping a scheduled message that cannot be stored");
-        }
-        Err(e) => return Err(e),
-    }
-    match messages.finish_scheduled(entry.id).await {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }

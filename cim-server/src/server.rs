@@ -18,7 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cim_core::token::TokenKey;
-use cim_core::{Error, ErrorKind, MetaEvent, Registration, Result, ServerId, ServerInfo, Stores};
+use cim_core::{
+    Error, ErrorKind, MetaEvent, NameRules, Registration, Result, ServerId, ServerInfo, Stores,
+};
+use cim_pipeline::admission::{self, ConnectionLimit};
+use cim_pipeline::{LimitsConfig, LocalConnections, PeerPool, Pipeline};
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Mutex;
@@ -27,9 +31,6 @@ use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::dispatch::Dispatcher;
-use crate::local::LocalConnections;
-use crate::peer::PeerPool;
 use crate::{connection, internal, scheduler};
 
 /// How long to wait before registering again while an old registration of this id lives.
@@ -48,30 +49,95 @@ pub(crate) struct Shared {
     pub(crate) key: TokenKey,
     pub(crate) local: Arc<LocalConnections>,
     pub(crate) pool: PeerPool,
-    pub(crate) dispatcher: Dispatcher,
+    /// The message pipeline every send goes through.
+    pub(crate) pipeline: Pipeline,
     /// Cancelled when a graceful shutdown starts.
     pub(crate) shutdown: CancellationToken,
 }
 
-/// Starts cim servers; see [`Server::start`].
+/// Starts cim servers; see [`Server::start`] and [`Server::builder`].
 #[derive(Debug)]
 pub struct Server;
 
 impl Server {
-    /// Starts a server with id `id`: binds the client and internal listeners, registers in the
-    /// MetaStore of `stores` (waiting up to `register_wait` for a crashed predecessor's lease to
-    /// expire), and starts serving. Tokens are verified, and internal links signed, with `key`.
-    ///
-    /// Fails with `Config` for an invalid configuration (including an advertised host that
-    /// cannot be determined), `Unavailable` if a listener cannot be bound or the MetaStore
-    /// refuses the registration.
+    /// Starts a server with id `id`, the `[server]` settings `config` and the default
+    /// `[limits]` and `[names]`: the same as [`Server::builder`] with only
+    /// [`ServerBuilder::config`] set.
     pub async fn start(
         config: ServerConfig,
         id: ServerId,
         stores: Stores,
         key: TokenKey,
     ) -> Result<RunningServer> {
+        Server::builder(id, stores, key)
+            .config(config)
+            .start()
+            .await
+    }
+
+    /// A server with id `id` over `stores`, verifying tokens (and signing internal links) with
+    /// `key`; every setting at its default until set on the builder.
+    pub fn builder(id: ServerId, stores: Stores, key: TokenKey) -> ServerBuilder {
+        ServerBuilder {
+            id,
+            stores,
+            key,
+            config: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            names: NameRules::default(),
+        }
+    }
+}
+
+/// The settings of a server to start; see [`Server::builder`].
+#[derive(Debug)]
+pub struct ServerBuilder {
+    id: ServerId,
+    stores: Stores,
+    key: TokenKey,
+    config: ServerConfig,
+    limits: LimitsConfig,
+    names: NameRules,
+}
+
+impl ServerBuilder {
+    /// The `[server]` section.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The `[limits]` section: what a user may send (shared with the route's HTTP sends when
+    /// both run in one process).
+    pub fn limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The `[names]` section: the longest name decides how much room a frame needs.
+    pub fn names(mut self, names: NameRules) -> Self {
+        self.names = names;
+        self
+    }
+
+    /// Binds the client and internal listeners, registers in the MetaStore (waiting up to
+    /// `register_wait` for a crashed predecessor's lease to expire), and starts serving.
+    ///
+    /// Fails with `Config` for an invalid configuration (including an advertised host that
+    /// cannot be determined, or a frame limit too small for the largest message `[limits]`
+    /// allows), `Unavailable` if a listener cannot be bound or the MetaStore refuses the
+    /// registration.
+    pub async fn start(self) -> Result<RunningServer> {
+        let ServerBuilder {
+            id,
+            stores,
+            key,
+            config,
+            limits,
+            names,
+        } = self;
         config.validate()?;
+        limits.check_frame_room(config.max_frame_len, &names, "[server] max_frame_len")?;
         let clients = bind(&config.listen, config.backlog, "listen").await?;
         let internal = bind(&config.internal_listen, config.backlog, "internal_listen").await?;
         let client_addr = local_addr(&clients)?;
@@ -86,7 +152,13 @@ impl Server {
             Ok(servers) => pool.set_servers(&servers),
             Err(e) => tracing::warn!(error = %e, "cannot list the cluster yet; the watcher will"),
         }
-        let dispatcher = Dispatcher::new(stores.clone(), pool.clone(), Some(Arc::clone(&local)));
+        let pipeline = Pipeline::new(
+            stores.clone(),
+            limits,
+            &names,
+            pool.clone(),
+            Some(Arc::clone(&local)),
+        )?;
         let shared = Arc::new(Shared {
             id,
             config,
@@ -94,14 +166,30 @@ impl Server {
             key,
             local,
             pool,
-            dispatcher,
+            pipeline,
             shutdown: CancellationToken::new(),
         });
         let registration = Arc::new(Mutex::new(Some(registration)));
+        let admission = ConnectionLimit::new(
+            shared
+                .config
+                .max_connections
+                .unwrap_or_else(|| admission::default_share(3)),
+        );
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(accept_loop(Arc::clone(&shared), clients, connection::serve));
-        tasks.spawn(accept_loop(Arc::clone(&shared), internal, internal::serve));
+        tasks.spawn(accept_loop(
+            Arc::clone(&shared),
+            clients,
+            admission.clone(),
+            connection::serve,
+        ));
+        tasks.spawn(accept_loop(
+            Arc::clone(&shared),
+            internal,
+            admission.clone(),
+            internal::serve,
+        ));
         tasks.spawn(watch_cluster(Arc::clone(&shared)));
         tasks.spawn(refresh_sessions(Arc::clone(&shared)));
         tasks.spawn(report_load(
@@ -110,7 +198,7 @@ impl Server {
             info,
         ));
         tasks.spawn(scheduler::run(Arc::clone(&shared)));
-        tracing::info!(server = %shared.id, %client_addr, %internal_addr, "cim server started");
+        tracing::info!(server = %shared.id, %client_addr, %internal_addr, max_connections = admission.max(), "cim server started");
 
         Ok(RunningServer {
             shared,
@@ -159,10 +247,11 @@ impl RunningServer {
         self.shared.pool.servers()
     }
 
-    /// The server's dispatcher, for code that stores a message itself and wants it delivered
-    /// (an embedding service, `cim standalone`'s route).
-    pub fn dispatcher(&self) -> &Dispatcher {
-        &self.shared.dispatcher
+    /// The server's message pipeline, for another entry point in the same process (the
+    /// route of `cim standalone`, an embedding service): its sends then share this server's
+    /// limits and reach its connections directly.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.shared.pipeline
     }
 
     /// Stops the server: deregisters from the MetaStore, stops accepting, sends every client
@@ -271,20 +360,37 @@ async fn register(stores: &Stores, info: ServerInfo, wait: Duration) -> Result<R
     }
 }
 
-/// Accepts connections until shutdown and hands each to `serve` in a task it owns; after
-/// shutdown, waits for those tasks (which see the shutdown themselves) for the grace period.
-async fn accept_loop<F, Fut>(shared: Arc<Shared>, listener: TcpListener, serve: F)
-where
+/// Accepts connections until shutdown and hands each to `serve` in a task it owns, as long as
+/// `admission` lets it in (a connection over the limit is closed at once); after shutdown,
+/// waits for those tasks (which see the shutdown themselves) for the grace period.
+async fn accept_loop<F, Fut>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    admission: ConnectionLimit,
+    serve: F,
+) where
     F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut connections = JoinSet::new();
+    let mut refused: u64 = 0;
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
-                    connections.spawn(serve(Arc::clone(&shared), socket, peer));
+                    let Some(admitted) = admission.try_admit() else {
+                        refused += 1;
+                        if refused.is_power_of_two() {
+                            tracing::warn!(%peer, refused, max = admission.max(), "connection limit reached; closing new connections");
+                        }
+                        continue;
+                    };
+                    let serving = serve(Arc::clone(&shared), socket, peer);
+                    connections.spawn(async move {
+                        serving.await;
+                        drop(admitted);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

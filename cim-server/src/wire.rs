@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use cim_core::ErrorKind;
+use cim_core::{ErrorKind, StoredMessage};
+use cim_pipeline::Delivery;
 use cim_proto::v1::{self, Kicked};
 use cim_proto::{Body, ErrorCode, Frame, FrameCodec, FrameError, KickReason};
 use futures::SinkExt;
@@ -21,8 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::{Decoder, Encoder, Framed};
-
-use crate::delivery::Delivery;
 
 /// How long [`close`] waits for the client to finish sending before it drops the socket.
 const LINGER: Duration = Duration::from_millis(500);
@@ -94,6 +93,41 @@ pub(crate) fn error_frame(
         code: code as i32,
         text: text.into(),
         client_msg_id: client_msg_id.to_string(),
+        ..Default::default()
+    })
+    .into()
+}
+
+/// The `Error` frame for a failed operation: its kind as the wire code, its message, and the
+/// wait a rate limit asks for.
+pub(crate) fn failure_frame(error: &cim_core::Error, client_msg_id: &str) -> Outbound {
+    let retry_after_ms = error.retry_after().map_or(0, |wait| {
+        u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX)
+    });
+    Body::Error(v1::Error {
+        code: error_code(error.kind()) as i32,
+        text: error.message().to_string(),
+        client_msg_id: client_msg_id.to_string(),
+        retry_after_ms,
+        ..Default::default()
+    })
+    .into()
+}
+
+/// The `Error { UNDELIVERABLE }` that replaces a stored message no frame can carry.
+pub(crate) fn undeliverable_frame(message: &StoredMessage, why: &cim_core::Error) -> Outbound {
+    Body::Error(v1::Error {
+        code: ErrorCode::Undeliverable as i32,
+        text: format!(
+            "message {} of {} cannot be delivered and is skipped: {}",
+            message.id,
+            message.conversation,
+            why.message()
+        ),
+        conversation: message.conversation.to_string(),
+        seq: message.seq.0,
+        message_id: message.id.0,
+        ..Default::default()
     })
     .into()
 }
@@ -131,14 +165,17 @@ pub(crate) fn frame_error(error: &FrameError) -> Option<Outbound> {
     ))
 }
 
-/// The wire error code for a failed operation.
+/// The wire error code for a failed operation: the one place kinds become codes.
 pub(crate) fn error_code(kind: ErrorKind) -> ErrorCode {
     match kind {
-        ErrorKind::InvalidInput | ErrorKind::Unsupported | ErrorKind::Conflict => {
-            ErrorCode::InvalidInput
-        }
+        ErrorKind::InvalidInput
+        | ErrorKind::Unsupported
+        | ErrorKind::Conflict
+        | ErrorKind::AlreadyExists => ErrorCode::InvalidInput,
         ErrorKind::NotFound => ErrorCode::UnknownRecipient,
         ErrorKind::Unauthenticated => ErrorCode::Unauthenticated,
+        ErrorKind::PermissionDenied => ErrorCode::Forbidden,
+        ErrorKind::RateLimited => ErrorCode::RateLimited,
         ErrorKind::Unavailable | ErrorKind::Timeout => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     }

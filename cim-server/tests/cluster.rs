@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cim_core::{GroupId, NewMessage, Recipient, Timestamp};
+use cim_pipeline::{Dispatcher, PeerPool};
 use cim_proto::v1;
 use cim_proto::{Body, FrameCodec, KickReason};
-use cim_server::{Dispatcher, PeerPool};
 use futures::{SinkExt, StreamExt};
 use support::{Cluster, TestClient, WAIT, to_all, to_user, wait_for_cluster};
 use tokio::net::TcpStream;

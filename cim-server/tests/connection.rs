@@ -7,10 +7,10 @@ mod support;
 use std::time::Duration;
 
 use cim_core::UserId;
+use cim_pipeline::{LimitsConfig, RateLimit};
 use cim_proto::v1::{self, Ping};
 use cim_proto::{Body, ErrorCode, KickReason};
-use cim_server::RateLimitConfig;
-use support::{Cluster, TestClient, test_config, to_user};
+use support::{Cluster, TestClient, test_config, test_limits, to_user};
 
 #[tokio::test]
 async fn a_frame_before_login_is_refused_and_the_connection_closed() {
@@ -79,10 +79,13 @@ async fn malformed_and_oversized_frames_close_only_that_connection() {
     let cluster = Cluster::memory();
     let config = cim_server::ServerConfig {
         max_frame_len: 4096,
-        max_body_len: 1024,
         ..test_config()
     };
-    let server = cluster.start_with("s1", config).await;
+    let limits = LimitsConfig {
+        max_body_len: 1024,
+        ..test_limits()
+    };
+    let server = cluster.start_with_limits("s1", config, limits).await;
     let (_, alice_token) = cluster.user("alice").await;
     let (bob, bob_token) = cluster.user("bob").await;
     let (_, carol_token) = cluster.user("carol").await;
@@ -116,14 +119,11 @@ async fn malformed_and_oversized_frames_close_only_that_connection() {
 #[tokio::test]
 async fn sending_faster_than_the_rate_limit_is_refused_then_closed() {
     let cluster = Cluster::memory();
-    let config = cim_server::ServerConfig {
-        rate_limit: RateLimitConfig {
-            messages_per_second: 1,
-            burst: 3,
-        },
-        ..test_config()
+    let limits = LimitsConfig {
+        messages: RateLimit::new(1, 3),
+        ..test_limits()
     };
-    let server = cluster.start_with("s1", config).await;
+    let server = cluster.start_with_limits("s1", test_config(), limits).await;
     let (_, alice_token) = cluster.user("alice").await;
     let (bob, _) = cluster.user("bob").await;
     let mut client = TestClient::login(server.client_addr(), &alice_token).await;

@@ -176,11 +176,21 @@ async fn a_group_message_reaches_members_only_and_offline_members_at_login() {
     let mut dave_client = TestClient::login(server.client_addr(), &dave_token).await;
     assert_eq!(dave_client.expect_deliver().await.body, "hi friends");
 
+    // An outsider cannot tell a group it is not in from one that does not exist.
     carol_client
         .send_text(to_group(group), "c1", "let me in")
         .await;
-    let error = carol_client.expect_error(ErrorCode::Forbidden).await;
+    let error = carol_client.expect_error(ErrorCode::UnknownRecipient).await;
     assert_eq!(error.client_msg_id, "c1");
+    carol_client
+        .send_text(to_group(GroupId(group.0 + 1000)), "c2", "anyone?")
+        .await;
+    let missing = carol_client.expect_error(ErrorCode::UnknownRecipient).await;
+    assert_eq!(
+        missing.text.replace(&(group.0 + 1000).to_string(), "N"),
+        error.text.replace(&group.0.to_string(), "N"),
+        "the same answer for a missing group and a group of others"
+    );
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cim_core::{CoreConfig, Error, Result, Stores};
+use cim_pipeline::LimitsConfig;
 use cim_route::{Route, RouteConfig};
 use cim_server::{Server, ServerConfig};
 use conformance_tests::Suite;
@@ -123,15 +124,28 @@ pub async fn standalone(file: Option<&Path>, overrides: StandaloneOverrides) -> 
     let key = AuthConfig::from_figment(&figment)?.key_or_generate(&core.data_dir)?;
     let server_config = ServerConfig::from_figment(&figment)?;
     let route_config = route_config(&figment)?;
+    let limits = LimitsConfig::from_figment(&figment)?;
     let stores = Stores::from_config(&core).await?;
 
     let id = server_config.server_id()?;
-    let server = Server::start(server_config, id, stores.clone(), key.clone()).await?;
+    let server = Server::builder(id, stores, key.clone())
+        .config(server_config)
+        .limits(limits)
+        .names(core.names.clone())
+        .start()
+        .await?;
     let listener = bind(&route_config.listen, "route").await?;
     let http = listener
         .local_addr()
         .map_err(|e| Error::internal("the route listener has no address").with_source(e))?;
-    let route = Route::new(route_config, stores, key, core.names.clone());
+    // One process, one pipeline: HTTP sends share the server's limits and reach its
+    // connections directly.
+    let route = Route::with_pipeline(
+        route_config,
+        server.pipeline().clone(),
+        key,
+        core.names.clone(),
+    );
 
     println!("cim standalone is running");
     println!("  route (HTTP API): http://{http}");
@@ -162,9 +176,15 @@ pub async fn server(file: Option<&Path>) -> Result<ExitCode> {
     let core = CoreConfig::from_figment(&figment)?;
     let key = AuthConfig::from_figment(&figment)?.key()?;
     let server_config = ServerConfig::from_figment(&figment)?;
+    let limits = LimitsConfig::from_figment(&figment)?;
     let id = server_config.server_id()?;
     let stores = Stores::from_config(&core).await?;
-    let server = Server::start(server_config, id, stores, key).await?;
+    let server = Server::builder(id, stores, key)
+        .config(server_config)
+        .limits(limits)
+        .names(core.names.clone())
+        .start()
+        .await?;
     println!(
         "cim server {} is running: clients {}, internal {}",
         server.id(),
@@ -182,12 +202,13 @@ pub async fn route(file: Option<&Path>) -> Result<ExitCode> {
     let core = CoreConfig::from_figment(&figment)?;
     let key = AuthConfig::from_figment(&figment)?.key()?;
     let route_config = route_config(&figment)?;
+    let limits = LimitsConfig::from_figment(&figment)?;
     let stores = Stores::from_config(&core).await?;
     let listener = bind(&route_config.listen, "route").await?;
+    let route = Route::new(route_config, stores, key, core.names.clone(), limits)?;
     if let Ok(address) = listener.local_addr() {
         println!("cim route is running: http://{address}");
     }
-    let route = Route::new(route_config, stores, key, core.names.clone());
     route
         .serve(listener, shutdown_signal())
         .await
@@ -231,6 +252,8 @@ mod tests {
         assert_eq!(server, ServerConfig::default());
         let route = route_config(&figment).expect("[route] of the sample");
         assert_eq!(route, RouteConfig::default());
+        let limits = LimitsConfig::from_figment(&figment).expect("[limits] of the sample");
+        assert_eq!(limits, LimitsConfig::default());
         let auth = AuthConfig::from_figment(&figment).expect("[auth] of the sample");
         assert!(auth.secret.is_none() && auth.secret_file.is_none());
     }

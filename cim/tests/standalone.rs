@@ -1,84 +1,14 @@
 //! `cim standalone` as a user runs it: the real binary in a child process, driven through the
 //! client SDK over loopback, stopped with SIGTERM and started again on the same data.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use cim_client::{Client, ClientBuilder, Event, Events, Outgoing};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use cim_client::{Event, Events, Outgoing};
 use tokio::time::timeout;
 
-/// Generous bound on any single step, so a bug fails the test instead of hanging it.
-const STEP: Duration = Duration::from_secs(30);
+mod common;
 
-/// A running `cim standalone` and the route URL it printed.
-struct Standalone {
-    child: Child,
-    route_url: String,
-}
-
-impl Standalone {
-    async fn start(data_dir: &Path) -> Standalone {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cim"))
-            .args([
-                "standalone",
-                "--http",
-                "127.0.0.1:0",
-                "--tcp",
-                "127.0.0.1:0",
-            ])
-            .args(["--internal", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("CIM_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the cim binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let route_url = timeout(STEP, async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(url) = line.trim().strip_prefix("route (HTTP API): ") {
-                    return url.to_string();
-                }
-            }
-            panic!("cim standalone exited without printing its route address");
-        })
-        .await
-        .expect("cim standalone prints its addresses");
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Standalone { child, route_url }
-    }
-
-    async fn client(&self, name: &str, register: bool) -> (Client, Events) {
-        let client = ClientBuilder::new(&self.route_url)
-            .credentials(name, "correct horse")
-            .register(register)
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("{name} connects: {e}"));
-        let events = client.events().expect("the event stream is taken once");
-        (client, events)
-    }
-
-    /// SIGTERM, then the exit status.
-    async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("still running");
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        timeout(STEP, self.child.wait())
-            .await
-            .expect("cim standalone exits after SIGTERM")
-            .expect("wait for the child")
-    }
-}
+use common::{STEP, Standalone};
 
 /// The next message event's body and whether it was delivered as offline.
 async fn next_body(events: &mut Events) -> (String, bool) {

@@ -1,7 +1,6 @@
 //! `cim client` as a script drives it: the real binary with piped stdin and stdout (its
 //! non-terminal mode) against a real `cim standalone`, one line typed, one line awaited.
 
-use std::net::TcpListener as StdListener;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -9,6 +8,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::timeout;
+
+mod common;
+
+use common::{Standalone, StandaloneOptions, free_port};
 
 /// Generous bound on any single step, so a bug fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(30);
@@ -22,78 +25,22 @@ struct Addresses {
 }
 
 impl Addresses {
-    /// Port 0 everywhere: the node picks.
-    fn any() -> Addresses {
-        let any = "127.0.0.1:0".to_string();
-        Addresses {
-            http: any.clone(),
-            tcp: any.clone(),
-            internal: any,
-        }
-    }
-
     /// Free ports chosen now, so that a restarted node listens where the clients expect it.
     fn fixed() -> Addresses {
-        let free = || {
-            let listener = StdListener::bind("127.0.0.1:0").expect("bind a free port");
-            let port = listener.local_addr().expect("local address").port();
-            format!("127.0.0.1:{port}")
-        };
+        let free = || format!("127.0.0.1:{}", free_port());
         Addresses {
             http: free(),
             tcp: free(),
             internal: free(),
         }
     }
-}
 
-/// A running `cim standalone` and the route URL it printed.
-struct Standalone {
-    child: Child,
-    route_url: String,
-}
-
-impl Standalone {
-    async fn start(data_dir: &Path, addresses: &Addresses) -> Standalone {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cim"))
-            .args(["standalone", "--http", &addresses.http])
-            .args(["--tcp", &addresses.tcp, "--internal", &addresses.internal])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("CIM_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the cim binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let route_url = timeout(STEP, async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(url) = line.trim().strip_prefix("route (HTTP API): ") {
-                    return url.to_string();
-                }
-            }
-            panic!("cim standalone exited without printing its route address");
-        })
-        .await
-        .expect("cim standalone prints its addresses");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Standalone { child, route_url }
-    }
-
-    /// SIGTERM, then wait for the exit.
-    async fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().expect("still running");
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
+    /// A standalone on these addresses, with data in `data_dir`.
+    async fn start(&self, data_dir: &Path) -> Standalone {
+        StandaloneOptions::new(data_dir)
+            .addresses(&self.http, &self.tcp, &self.internal)
+            .start()
             .await
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        timeout(STEP, self.child.wait())
-            .await
-            .expect("cim standalone exits after SIGTERM")
-            .expect("wait for the child")
     }
 }
 
@@ -194,7 +141,7 @@ impl ChatClient {
 
 /// A node with alice and bob logged in.
 async fn alice_and_bob(data: &Path) -> (Standalone, ChatClient, ChatClient) {
-    let node = Standalone::start(data, &Addresses::any()).await;
+    let node = Standalone::start(data).await;
     let alice = ChatClient::start(&node.route_url, "alice", true).await;
     let bob = ChatClient::start(&node.route_url, "bob", true).await;
     (node, alice, bob)
@@ -284,7 +231,7 @@ async fn messages_sent_while_offline_are_shown_as_unread_at_start_up() {
 async fn a_message_typed_while_the_server_restarts_arrives_after_the_reconnect() {
     let data = tempfile::tempdir().expect("data directory");
     let addresses = Addresses::fixed();
-    let node = Standalone::start(data.path(), &addresses).await;
+    let node = addresses.start(data.path()).await;
     let mut alice = ChatClient::start(&node.route_url, "alice", true).await;
     let mut bob = ChatClient::start(&node.route_url, "bob", true).await;
     alice.type_line("bob;;before the restart").await;
@@ -297,7 +244,7 @@ async fn a_message_typed_while_the_server_restarts_arrives_after_the_reconnect()
         .type_line("bob;;typed while the server was down")
         .await;
 
-    let _node = Standalone::start(data.path(), &addresses).await;
+    let _node = addresses.start(data.path()).await;
     alice.expect("connected to server standalone").await;
     bob.expect("typed while the server was down").await;
     alice.type_line("bob;;and after").await;

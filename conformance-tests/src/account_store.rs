@@ -114,6 +114,16 @@ pub fn cases() -> Vec<Case<dyn AccountStore>> {
             |h| boxed(members_are_paged_completely_by_user_id(h)),
         ),
         Case::when(
+            "is_member_follows_joins_and_leaves",
+            |caps: &AccountCapabilities| caps.groups,
+            |h| boxed(is_member_follows_joins_and_leaves(h)),
+        ),
+        Case::when(
+            "is_member_is_false_for_a_missing_group_or_user_and_for_the_all_group",
+            |caps: &AccountCapabilities| caps.groups,
+            |h| boxed(is_member_is_false_for_a_missing_group_or_user_and_for_the_all_group(h)),
+        ),
+        Case::when(
             "user_groups_are_listed_by_group_id",
             |caps: &AccountCapabilities| caps.groups,
             |h| boxed(user_groups_are_listed_by_group_id(h)),
@@ -873,6 +883,59 @@ pub async fn user_groups_are_listed_by_group_id(h: Accounts) {
     assert!(none.is_empty(), "walt is in no group: {none:?}");
 }
 
+/// `is_member` is true for the owner from the start, true for a member once added, false again
+/// once removed, and never true for a user of another group.
+pub async fn is_member_follows_joins_and_leaves(h: Accounts) {
+    let store = h.store().await;
+    let users = create_all(&*store, &["olga", "bob", "carol"]).await;
+    let (olga, bob, carol) = (&users[0], &users[1], &users[2]);
+    let crew = create_group(&*store, "crew", olga.id).await;
+    let other = create_group(&*store, "other", carol.id).await;
+
+    let member = async |group: &Group, user: &User| {
+        store
+            .is_member(group.id, user.id)
+            .await
+            .must(&format!("is_member({}, {})", group.name, user.name))
+    };
+    assert!(member(&crew, olga).await, "the owner is a member");
+    assert!(!member(&crew, bob).await, "bob has not joined");
+    assert!(!member(&crew, carol).await, "carol owns another group only");
+    store.add_member(crew.id, bob.id).await.must("add_member");
+    assert!(member(&crew, bob).await, "bob after joining");
+    assert!(
+        !member(&other, bob).await,
+        "joining crew is not joining other"
+    );
+    store
+        .remove_member(crew.id, bob.id)
+        .await
+        .must("remove_member");
+    assert!(!member(&crew, bob).await, "bob after leaving");
+    assert!(member(&crew, olga).await, "olga stays");
+}
+
+/// `is_member` answers false, not an error, for a group or a user that does not exist, and for
+/// the built-in "all" group, which no store keeps.
+pub async fn is_member_is_false_for_a_missing_group_or_user_and_for_the_all_group(h: Accounts) {
+    let store = h.store().await;
+    let olga = create(&*store, "olga").await;
+    let group = create_group(&*store, "crew", olga.id).await;
+    let no_group = absent_group(&[&group]);
+    let no_user = absent_user(&[&olga]);
+    for (group, user, what) in [
+        (no_group, olga.id, "a missing group"),
+        (group.id, no_user, "a missing user"),
+        (GroupId::ALL, olga.id, "the all group"),
+    ] {
+        let answer = store
+            .is_member(group, user)
+            .await
+            .must(&format!("is_member for {what}"));
+        assert!(!answer, "is_member for {what} must be false");
+    }
+}
+
 /// A backend that does not claim groups answers `Unsupported` to every group operation.
 pub async fn group_operations_are_unsupported_when_not_claimed(h: Accounts) {
     let store = h.store().await;
@@ -908,5 +971,10 @@ pub async fn group_operations_are_unsupported_when_not_claimed(h: Accounts) {
         store.user_groups(olga.id).await,
         ErrorKind::Unsupported,
         "user_groups",
+    );
+    assert_kind(
+        store.is_member(group, olga.id).await,
+        ErrorKind::Unsupported,
+        "is_member",
     );
 }

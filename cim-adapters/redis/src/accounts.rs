@@ -517,4 +517,14 @@ impl AccountStore for RedisAccountStore {
             })
             .collect()
     }
+
+    async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(format!("{}members:{}", self.prefix, group.0))
+            .arg(padded(user.0))
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "check group membership"))?;
+        Ok(score.is_some())
+    }
 }

@@ -68,10 +68,15 @@ secret = "{SECRET}"
 heartbeat_interval = "5m"
 idle_timeout = "10m"
 
-[server.rate_limit]
-# The bench sends as fast as the window allows: no per-connection limit.
-messages_per_second = 1000000000
+# The bench sends as fast as the window allows: no rate limits.
+[limits.messages]
+per_second = 1000000000
 burst = 1000000000
+[limits.frames]
+per_second = 1000000000
+burst = 1000000000
+[limits.broadcast]
+rate = {{ per_second = 1000000000, burst = 1000000000 }}
 
 [route]
 listen = "127.0.0.1:0"

@@ -225,6 +225,14 @@ async fn show_event(shared: &Shared, client: &Client, event: Event) -> Option<St
             )));
             None
         }
+        Event::Undeliverable {
+            conversation, seq, ..
+        } => {
+            shared.printer.line(style.error(&format!(
+                "message {seq} of {conversation} could not be delivered (too large for this server)"
+            )));
+            None
+        }
     }
 }
 

@@ -9,14 +9,16 @@ mod ids;
 mod message;
 mod name;
 mod page;
+mod password;
 mod server;
 mod session;
 
-pub use account::{Group, NewGroup, NewUser, PasswordHash, User};
+pub use account::{Group, NewGroup, NewUser, User};
 pub use conversation::{ConversationId, Recipient};
 pub use ids::{ConnectionId, GroupId, MessageId, ScheduledId, Seq, ServerId, Timestamp, UserId};
 pub use message::{Appended, HistoryQuery, NewMessage, ScheduledMessage, StoredMessage};
 pub use name::{NameRules, canonical_name};
 pub use page::{Cursor, Page};
+pub use password::PasswordHash;
 pub use server::ServerInfo;
 pub use session::{BindOutcome, BindPolicy, Session, SessionRef};

@@ -2,7 +2,7 @@
 //!
 //! A direct conversation belongs to its two users; a group's to its members (membership lives in
 //! the AccountStore); the built-in "all" group ([`GroupId::ALL`]) to everyone. Being refused
-//! is 403 `forbidden`. The route checks this itself because the stores know nothing of
+//! is 403 `permission_denied`. The route checks this itself because the stores know nothing of
 //! callers: they serve whoever asks.
 
 use cim_core::{ConversationId, Group, GroupId, UserId};
@@ -30,7 +30,10 @@ pub(crate) async fn is_member(
     user: UserId,
     group: GroupId,
 ) -> ApiResult<bool> {
-    Ok(readable_groups(state, user).await?.contains(&group))
+    if group == GroupId::ALL {
+        return Ok(true);
+    }
+    Ok(state.stores.accounts.is_member(group, user).await?)
 }
 
 /// Fails with 403 unless `user` is a member of `group`.

@@ -2,19 +2,18 @@
 //! `GET /api/v1/messages/search`.
 //!
 //! Sending over HTTP is for integrations (the original cim's push-middleware use): clients send
-//! over their TCP connection. It follows the server's order exactly: check the recipient, store,
-//! answer only once the message is stored, then fan it out live through the [`Dispatcher`]. The
-//! fan-out is best effort by design: a recipient it misses still has the message pending in the
-//! store and receives it at its next sync.
-//!
-//! [`Dispatcher`]: cim_server::Dispatcher
+//! over their TCP connection. Both go through the one message pipeline
+//! ([`cim_pipeline::Pipeline::send`]): the same body limit, the same per-user rate limit, the
+//! same permission checks; the answer comes once the message is stored, and the fan-out
+//! follows without the caller. A recipient the fan-out misses still has the message pending in
+//! the store and receives it at its next sync.
 
 use axum::Json;
 use axum::extract::State;
 use cim_core::{
-    ConversationId, Cursor, Error, GroupId, HistoryQuery, NewMessage, Recipient, Seq, Timestamp,
-    UserId,
+    ConversationId, Cursor, Error, GroupId, HistoryQuery, Recipient, Seq, Timestamp, UserId,
 };
+use cim_pipeline::{Accepted, SendRequest, Sender};
 use cim_proto::http::{MessageView, PageOf, SendMessageRequest, SendMessageResponse};
 use serde::Deserialize;
 
@@ -27,53 +26,33 @@ use crate::views;
 
 /// Sends a message as the caller: stored and fanned out now, or scheduled when `deliver_at` is
 /// in the future. A repeated `client_msg_id` answers the first result with `duplicate: true`
-/// and sends nothing again.
+/// and stores nothing again.
 pub(crate) async fn send(
     State(state): State<SharedState>,
     Auth(caller): Auth,
     JsonBody(request): JsonBody<SendMessageRequest>,
 ) -> ApiResult<Json<SendMessageResponse>> {
     let to = recipient(&request)?;
-    check_recipient(&state, caller.user_id, to).await?;
-    let message = NewMessage {
-        sender: caller.user_id,
+    let sender = Sender::new(caller.user_id, caller.user_name);
+    let request = SendRequest {
         to,
         client_msg_id: request.client_msg_id,
         body: request.body,
-        sent_at: Timestamp::now(),
+        deliver_at: request.deliver_at.map(Timestamp),
     };
-    message.validate()?;
-    if let Some(deliver_at) = request
-        .deliver_at
-        .map(Timestamp)
-        .filter(|at| *at > message.sent_at)
-    {
-        let scheduled = state.stores.messages.schedule(message, deliver_at).await?;
-        return Ok(Json(SendMessageResponse {
+    let response = match state.pipeline.send(&sender, request).await? {
+        Accepted::Stored { message, duplicate } => SendMessageResponse {
+            message: Some(views::message(&message)),
+            scheduled_id: None,
+            duplicate,
+        },
+        Accepted::Scheduled { entry } => SendMessageResponse {
             message: None,
-            scheduled_id: Some(scheduled.id.0),
+            scheduled_id: Some(entry.id.0),
             duplicate: false,
-        }));
-    }
-    let appended = state.stores.messages.append(message).await?;
-    // A retry is delivered again, like a first attempt: the first may have been stored by a
-    // route that died before delivering it. Recipients drop what they already have.
-    if let Err(error) = state
-        .dispatcher
-        .dispatch(&appended.message, &caller.user_name)
-        .await
-    {
-        tracing::warn!(
-            %error,
-            message = %appended.message.id,
-            "live delivery incomplete; the recipients get the message at their next sync"
-        );
-    }
-    Ok(Json(SendMessageResponse {
-        message: Some(views::message(&appended.message)),
-        scheduled_id: None,
-        duplicate: appended.duplicate,
-    }))
+        },
+    };
+    Ok(Json(response))
 }
 
 /// The one recipient a request names.
@@ -85,23 +64,6 @@ fn recipient(request: &SendMessageRequest) -> ApiResult<Recipient> {
             "set exactly one of to_user and to_group (0 is the group of every online user)",
         )
         .into()),
-    }
-}
-
-/// Fails unless `to` exists and `sender` may write to it.
-async fn check_recipient(state: &SharedState, sender: UserId, to: Recipient) -> ApiResult<()> {
-    match to {
-        Recipient::User(user) => {
-            if state.stores.accounts.user(user).await?.is_none() {
-                return Err(Error::not_found(format!("there is no user {user}")).into());
-            }
-            Ok(())
-        }
-        Recipient::Group(GroupId::ALL) => Ok(()),
-        Recipient::Group(group) => {
-            access::stored_group(state, group).await?;
-            access::require_member(state, sender, group).await
-        }
     }
 }
 

@@ -90,7 +90,7 @@ async fn anyone_may_join_and_any_member_may_add_others_but_strangers_may_not() {
     let group = create_group(&route, &alice_token, "team").await;
 
     let stranger = add(&route, &carol_token, group.group_id, dave.user_id).await;
-    expect_error(stranger, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_error(stranger, StatusCode::FORBIDDEN, "permission_denied").await;
 
     let by_owner = add(&route, &alice_token, group.group_id, bob.user_id).await;
     assert_eq!(by_owner.status(), StatusCode::NO_CONTENT);
@@ -113,7 +113,7 @@ async fn anyone_may_join_and_any_member_may_add_others_but_strangers_may_not() {
             Some(&carol_token),
         )
         .await;
-    expect_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_error(response, StatusCode::FORBIDDEN, "permission_denied").await;
 
     let joined = add(&route, &carol_token, group.group_id, carol.user_id).await;
     assert_eq!(joined.status(), StatusCode::NO_CONTENT, "anyone may join");
@@ -197,7 +197,7 @@ async fn members_may_leave_and_only_the_owner_removes_others() {
     }
 
     let by_member = remove(&route, &bob_token, group.group_id, carol.user_id).await;
-    expect_error(by_member, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_error(by_member, StatusCode::FORBIDDEN, "permission_denied").await;
     let by_owner = remove(&route, &alice_token, group.group_id, carol.user_id).await;
     assert_eq!(by_owner.status(), StatusCode::NO_CONTENT);
     let leaving = remove(&route, &bob_token, group.group_id, bob.user_id).await;

@@ -13,6 +13,7 @@ use cim_core::{
     BindPolicy, ConnectionId, LoadBalancer, NameRules, Registration, ServerId, ServerInfo, Session,
     Stores, Timestamp, UserId,
 };
+use cim_pipeline::LimitsConfig;
 use cim_proto::http::{Credentials, ErrorBody, UserView};
 use cim_route::{Route, RouteConfig};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -77,10 +78,26 @@ impl TestRoute {
 
     /// A route with `config` over `stores`.
     pub async fn start_with_stores(config: RouteConfig, stores: Stores) -> TestRoute {
+        Self::start_with_limits(config, stores, LimitsConfig::default()).await
+    }
+
+    /// A route with `config` and `limits` over `stores`.
+    pub async fn start_with_limits(
+        config: RouteConfig,
+        stores: Stores,
+        limits: LimitsConfig,
+    ) -> TestRoute {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local address");
         let key = test_key();
-        let route = Route::new(config, stores.clone(), key.clone(), NameRules::default());
+        let route = Route::new(
+            config,
+            stores.clone(),
+            key.clone(),
+            NameRules::default(),
+            limits,
+        )
+        .expect("valid limits");
         let servers = route.servers();
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(route.serve(listener, async {

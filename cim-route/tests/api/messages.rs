@@ -100,7 +100,8 @@ async fn a_group_message_needs_membership_and_is_pending_for_the_other_members()
         json!({"to_group": group.group_id, "body": "let me in", "client_msg_id": "c-1"}),
     )
     .await;
-    expect_error(stranger, StatusCode::FORBIDDEN, "forbidden").await;
+    // Outsiders cannot tell a group of others from a missing one.
+    expect_error(stranger, StatusCode::NOT_FOUND, "not_found").await;
 
     let sent = send_ok(
         &route,
@@ -131,6 +132,94 @@ async fn anyone_may_write_to_the_all_group() {
     )
     .await;
     assert_eq!(sent.message.expect("stored").conversation, "g:0");
+}
+
+#[tokio::test]
+async fn the_message_body_limit_applies_to_http_sends() {
+    // The route accepts requests up to 64 KiB, but a message body only up to [limits]
+    // max_body_len (16 KiB): what the servers' frames are sized for.
+    let route = TestRoute::start().await;
+    let (bob, _) = route.user_with_token("bob").await;
+    let (_alice, token) = route.user_with_token("alice").await;
+    let limit = cim_pipeline::LimitsConfig::default().max_body_len;
+    let at_limit =
+        json!({"to_user": bob.user_id, "body": "x".repeat(limit), "client_msg_id": "b-1"});
+    send_ok(&route, &token, at_limit).await;
+    for (n, len) in [limit + 1, 20_000, 60_000].into_iter().enumerate() {
+        let request = json!({
+            "to_user": bob.user_id, "body": "x".repeat(len), "client_msg_id": format!("b-big-{n}")
+        });
+        let response = send(&route, &token, request).await;
+        let error = expect_error(response, StatusCode::BAD_REQUEST, "invalid_input").await;
+        assert!(error.message.contains("bytes"), "{}", error.message);
+    }
+    let stored = pending(&route, &bob, &[]).await;
+    assert_eq!(
+        stored.len(),
+        1,
+        "only the message within the limit is stored"
+    );
+}
+
+#[tokio::test]
+async fn http_sends_are_rate_limited_per_user_with_retry_after() {
+    let limits = cim_pipeline::LimitsConfig {
+        messages: cim_pipeline::RateLimit::new(1, 3),
+        ..cim_pipeline::LimitsConfig::default()
+    };
+    let route = TestRoute::start_with_limits(
+        cim_route::RouteConfig::default(),
+        crate::harness::memory_stores(std::sync::Arc::new(
+            cim_core::balancer::ConsistentHash::new(16).expect("ring"),
+        )),
+        limits,
+    )
+    .await;
+    let (bob, bob_token) = route.user_with_token("bob").await;
+    let (_alice, token) = route.user_with_token("alice").await;
+    for i in 0..3 {
+        let request =
+            json!({"to_user": bob.user_id, "body": "hi", "client_msg_id": format!("r-{i}")});
+        send_ok(&route, &token, request).await;
+    }
+    let request = json!({"to_user": bob.user_id, "body": "hi", "client_msg_id": "r-3"});
+    let response = send(&route, &token, request).await;
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    assert_eq!(retry_after, Some(1), "whole seconds, rounded up");
+    expect_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Another user has a bucket of their own.
+    let request = json!({"to_user": route.create_user("carol").await.user_id, "body": "hi", "client_msg_id": "b-1"});
+    send_ok(&route, &bob_token, request).await;
+}
+
+#[tokio::test]
+async fn broadcasting_can_be_forbidden_by_config() {
+    let limits = cim_pipeline::LimitsConfig {
+        broadcast: cim_pipeline::BroadcastConfig {
+            allow: cim_pipeline::BroadcastAllow::Listed,
+            users: vec!["Ops".into()],
+            ..cim_pipeline::BroadcastConfig::default()
+        },
+        ..cim_pipeline::LimitsConfig::default()
+    };
+    let route = TestRoute::start_with_limits(
+        cim_route::RouteConfig::default(),
+        crate::harness::memory_stores(std::sync::Arc::new(
+            cim_core::balancer::ConsistentHash::new(16).expect("ring"),
+        )),
+        limits,
+    )
+    .await;
+    let (_ops, ops_token) = route.user_with_token("ops").await;
+    let (_eve, eve_token) = route.user_with_token("eve").await;
+    let all = |id: &str| json!({"to_group": 0, "body": "attention", "client_msg_id": id});
+    send_ok(&route, &ops_token, all("o-1")).await;
+    let response = send(&route, &eve_token, all("e-1")).await;
+    expect_error(response, StatusCode::FORBIDDEN, "permission_denied").await;
 }
 
 #[tokio::test]
@@ -297,7 +386,7 @@ async fn strangers_cannot_read_a_conversation() {
     for conversation in [direct.to_string(), format!("g:{}", group.group_id)] {
         let path = format!("/api/v1/conversations/{conversation}/messages");
         let response = route.get(&path, Some(&carol_token)).await;
-        expect_error(response, StatusCode::FORBIDDEN, "forbidden").await;
+        expect_error(response, StatusCode::FORBIDDEN, "permission_denied").await;
         let response = route.get(&path, Some(&alice_token)).await;
         assert_eq!(response.status(), StatusCode::OK, "{conversation}");
     }

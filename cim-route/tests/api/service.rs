@@ -111,7 +111,7 @@ async fn malformed_json_is_a_400_error_body() {
 #[tokio::test]
 async fn a_body_over_the_limit_is_413_and_unknown_paths_are_404() {
     let config = RouteConfig {
-        max_body_len: 1024,
+        max_request_len: 1024,
         ..RouteConfig::default()
     };
     let route = TestRoute::start_with(config).await;

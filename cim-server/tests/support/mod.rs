@@ -17,9 +17,10 @@ use cim_core::token::TokenKey;
 use cim_core::{
     AccountStore, GroupId, MessageStore, NameRules, NewGroup, NewUser, ServerId, Stores, UserId,
 };
+use cim_pipeline::{LimitsConfig, RateLimit};
 use cim_proto::v1::{self, Recipient, recipient};
 use cim_proto::{Body, ErrorCode, Frame, FrameCodec, KickReason};
-use cim_server::{RateLimitConfig, RunningServer, Server, ServerConfig};
+use cim_server::{RunningServer, Server, ServerConfig};
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -29,8 +30,7 @@ use tokio_util::codec::Framed;
 /// How long any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A server configuration for tests: loopback, ephemeral ports, short timers, a generous rate
-/// limit.
+/// A server configuration for tests: loopback, ephemeral ports, short timers.
 pub fn test_config() -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".into(),
@@ -38,16 +38,17 @@ pub fn test_config() -> ServerConfig {
         heartbeat_interval: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(10),
         login_timeout: Duration::from_secs(5),
-        rate_limit: RateLimitConfig {
-            messages_per_second: 10_000,
-            burst: 10_000,
-        },
         session_refresh: Duration::from_millis(500),
         load_report: Duration::from_millis(200),
         register_wait: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(2),
         ..ServerConfig::default()
     }
+}
+
+/// Limits for tests: the defaults, but rates no test reaches unless it means to.
+pub fn test_limits() -> LimitsConfig {
+    LimitsConfig::default().with_rates(RateLimit::new(10_000, 10_000))
 }
 
 /// Stores shared by every server of the test, and the deployment's token key.
@@ -85,14 +86,26 @@ impl Cluster {
         self.start_with(id, test_config()).await
     }
 
-    /// Starts server `id` with `config`.
+    /// Starts server `id` with `config` and [`test_limits`].
     pub async fn start_with(&self, id: &str, config: ServerConfig) -> RunningServer {
-        Server::start(
-            config,
+        self.start_with_limits(id, config, test_limits()).await
+    }
+
+    /// Starts server `id` with `config` and `limits`.
+    pub async fn start_with_limits(
+        &self,
+        id: &str,
+        config: ServerConfig,
+        limits: LimitsConfig,
+    ) -> RunningServer {
+        Server::builder(
             ServerId::new(id).unwrap(),
             self.stores.clone(),
             self.key.clone(),
         )
+        .config(config)
+        .limits(limits)
+        .start()
         .await
         .unwrap()
     }

@@ -317,6 +317,14 @@ impl AccountStore for MemoryAccountStore {
             .filter_map(|id| state.groups.get(id).cloned())
             .collect())
     }
+
+    async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {
+        Ok(self
+            .lock()
+            .members
+            .get(&group)
+            .is_some_and(|members| members.contains(&user)))
+    }
 }
 
 #[cfg(test)]

@@ -384,6 +384,17 @@ impl AccountStore for SqliteStore {
         .during("user_groups")?;
         rows.into_iter().map(GroupRow::into_group).collect()
     }
+
+    async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?")
+                .bind(int(group.0))
+                .bind(int(user.0))
+                .fetch_optional(self.pool())
+                .await
+                .during("is_member")?;
+        Ok(found.is_some())
+    }
 }
 
 #[cfg(test)]

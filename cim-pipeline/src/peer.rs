@@ -36,7 +36,7 @@ use tokio_util::codec::FramedWrite;
 
 /// How long a dial may take before the peer counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a frame may wait for room in a link's queue (or a write for the socket).
+/// How long a write to a peer's socket may take before the link counts as down.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames queued per link.
 pub const DEFAULT_QUEUE_LEN: usize = 4096;
@@ -121,9 +121,9 @@ impl PeerPool {
         }
     }
 
-    /// Sets how long a dial may take (default [`DEFAULT_CONNECT_TIMEOUT`]) and how long a frame
-    /// may wait for a full queue (default [`DEFAULT_SEND_TIMEOUT`]). Call before the first send:
-    /// it applies to a pool that no clone shares yet, and is ignored otherwise.
+    /// Sets how long a dial may take (default [`DEFAULT_CONNECT_TIMEOUT`]) and how long a write
+    /// to a peer may take (default [`DEFAULT_SEND_TIMEOUT`]). Call before the first send: it
+    /// applies to a pool that no clone shares yet, and is ignored otherwise.
     pub fn with_timeouts(mut self, connect: Duration, send: Duration) -> PeerPool {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.connect_timeout = connect;
@@ -163,9 +163,10 @@ impl PeerPool {
 
     /// Relays a message to some (or all) of `server`'s connections.
     ///
-    /// Returns once the frame is queued on a live link. `Unavailable` if the server is unknown,
-    /// cannot be reached within the connect timeout, its link is down, or its queue stays full;
-    /// `InvalidInput` if the frame exceeds the frame limit.
+    /// Returns once the frame is queued on the link, never waiting: while the link dials, the
+    /// frame waits for it (and is dropped if the dial fails). `Unavailable` if the server is
+    /// unknown, its link is down, or its queue is full; `InvalidInput` if the frame exceeds the
+    /// frame limit.
     pub async fn deliver(&self, server: &ServerId, frame: PeerDeliver) -> Result<()> {
         self.send(server, peer_frame::Body::Deliver(frame)).await
     }
@@ -185,38 +186,23 @@ impl PeerPool {
             ))
             .with_context("server", server));
         }
-        let (frames, mut status) = self.link(server)?;
-        let settled = async {
-            match status
-                .wait_for(|status| *status != LinkStatus::Connecting)
-                .await
-            {
-                Ok(status) => status.clone(),
-                Err(_) => LinkStatus::Down("the link task stopped".into()),
-            }
-        };
-        let status = timeout(
-            self.inner.connect_timeout + self.inner.send_timeout,
-            settled,
-        )
-        .await
-        .unwrap_or_else(|_| LinkStatus::Down("timed out connecting".into()));
-        if let LinkStatus::Down(reason) = status {
+        let (frames, status) = self.link(server)?;
+        if let LinkStatus::Down(reason) = &*status.borrow() {
             return Err(Error::unavailable(format!(
                 "server {server} is unreachable on its internal port: {reason}"
             ))
             .with_context("server", server));
         }
-        frames
-            .send_timeout(frame, self.inner.send_timeout)
-            .await
-            .map_err(|_| {
-                Error::unavailable(format!(
-                    "server {server} does not keep up: its internal link stayed full for {:?}",
-                    self.inner.send_timeout
-                ))
-                .with_context("server", server)
-            })
+        // Connecting or up: the frame waits in the link's queue (and is dropped with it if the
+        // dial fails). Never wait for room: a peer that does not keep up must not hold up the
+        // dispatch of other conversations.
+        frames.try_send(frame).map_err(|e| {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "does not keep up: its internal link is full",
+                mpsc::error::TrySendError::Closed(_) => "has no link task any more",
+            };
+            Error::unavailable(format!("server {server} {why}")).with_context("server", server)
+        })
     }
 
     /// The link to `server`, dialed lazily.
@@ -458,11 +444,21 @@ mod tests {
         let pool = PeerPool::new("s1".into(), key(), 1024);
         pool.set_servers(&[info("s2", port)]);
         let server = ServerId::new("s2").expect("valid");
-        let err = timeout(Duration::from_secs(10), pool.kick(&server, kick()))
+        // The first frame waits for the dial; once the dial is refused, frames fail at once.
+        pool.kick(&server, kick())
             .await
-            .expect("no hang")
-            .expect_err("refused");
+            .expect("queued while dialing");
+        let (_, mut status) = pool.link(&server).expect("a link");
+        timeout(
+            Duration::from_secs(10),
+            status.wait_for(|status| matches!(status, LinkStatus::Down(_))),
+        )
+        .await
+        .expect("the dial fails in time")
+        .expect("the link task runs");
+        let err = pool.kick(&server, kick()).await.expect_err("refused");
         assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.message().contains("unreachable"), "{err}");
     }
 
     #[tokio::test]

@@ -10,31 +10,36 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cim_core::{
-    ConversationId, Error, GroupId, MessageId, Recipient, Result, Seq, StoredMessage, UserId,
+    ConversationId, Error, GroupId, MessageId, NameRules, Recipient, Result, Seq, StoredMessage,
+    UserId,
 };
 use cim_proto::v1::{self, recipient};
 use cim_proto::{Body, Frame};
 use prost::Message;
 
+/// Room an internal `PeerDeliver` needs around its `Deliver` (its own tag and length, the
+/// `all_local` flag, at least one packed user id).
+pub const RELAY_ROOM: usize = 64;
+
 /// A `Deliver` frame ready for the wire, and what a connection needs to know about it.
 #[derive(Debug)]
-pub(crate) struct Delivery {
+pub struct Delivery {
     /// The message's id.
-    pub(crate) message_id: MessageId,
+    pub message_id: MessageId,
     /// Its conversation.
-    pub(crate) conversation: ConversationId,
+    pub conversation: ConversationId,
     /// Its sequence in the conversation.
-    pub(crate) seq: Seq,
+    pub seq: Seq,
     /// Who sent it (never delivered back to them).
-    pub(crate) sender: UserId,
+    pub sender: UserId,
     /// The whole frame, varint length prefix included.
-    pub(crate) frame: Bytes,
+    pub frame: Bytes,
 }
 
 impl Delivery {
-    /// Encodes `deliver` once; fails if the frame would exceed `max_frame_len`, which no client
-    /// could read.
-    pub(crate) fn encode(deliver: &v1::Deliver, max_frame_len: usize) -> Result<Arc<Delivery>> {
+    /// Encodes `deliver` once; fails with `InvalidInput` if the frame would exceed
+    /// `max_frame_len`, which no client could read.
+    pub fn encode(deliver: &v1::Deliver, max_frame_len: usize) -> Result<Arc<Delivery>> {
         let conversation: ConversationId = deliver.conversation.parse()?;
         let frame = Frame::from(Body::Deliver(deliver.clone()));
         let len = frame.encoded_len();
@@ -56,7 +61,7 @@ impl Delivery {
 }
 
 /// The `Deliver` frame body of a stored message.
-pub(crate) fn deliver_frame(message: &StoredMessage, sender_name: &str) -> v1::Deliver {
+pub fn deliver_frame(message: &StoredMessage, sender_name: &str) -> v1::Deliver {
     v1::Deliver {
         message_id: message.id.0,
         conversation: message.conversation.to_string(),
@@ -69,8 +74,26 @@ pub(crate) fn deliver_frame(message: &StoredMessage, sender_name: &str) -> v1::D
     }
 }
 
+/// The size of the largest `Frame { Deliver }` a message can have under these limits: a body of
+/// `max_body_len` bytes, the longest sender name `names` allows (4 bytes per character at
+/// most), and every number at its longest varint.
+pub fn largest_deliver_frame(max_body_len: usize, names: &NameRules) -> usize {
+    let widest_conversation = ConversationId::direct(UserId(u64::MAX - 1), UserId(u64::MAX));
+    let deliver = v1::Deliver {
+        message_id: u64::MAX,
+        conversation: widest_conversation.to_string(),
+        seq: u64::MAX,
+        sender_id: u64::MAX,
+        sender_name: "\u{10FFFF}".repeat(names.max_len),
+        to: Some(recipient_to_proto(Recipient::User(UserId(u64::MAX)))),
+        body: "x".repeat(max_body_len),
+        sent_at_ms: i64::MIN,
+    };
+    Frame::from(Body::Deliver(deliver)).encoded_len()
+}
+
 /// The wire form of a recipient: the "all" group has its own case.
-pub(crate) fn recipient_to_proto(to: Recipient) -> v1::Recipient {
+pub fn recipient_to_proto(to: Recipient) -> v1::Recipient {
     let to = match to {
         Recipient::User(user) => recipient::To::UserId(user.0),
         Recipient::Group(GroupId::ALL) => recipient::To::All(true),
@@ -80,7 +103,7 @@ pub(crate) fn recipient_to_proto(to: Recipient) -> v1::Recipient {
 }
 
 /// The recipient a client named, or `InvalidInput` if it named none.
-pub(crate) fn recipient_from_proto(to: Option<&v1::Recipient>) -> Result<Recipient> {
+pub fn recipient_from_proto(to: Option<&v1::Recipient>) -> Result<Recipient> {
     match to.and_then(|to| to.to.as_ref()) {
         Some(recipient::To::UserId(user)) => Ok(Recipient::User(UserId(*user))),
         Some(recipient::To::GroupId(group)) => Ok(Recipient::Group(GroupId(*group))),
@@ -125,6 +148,22 @@ mod tests {
         let deliver = deliver_frame(&stored(Recipient::Group(GroupId(4))), "alice");
         let err = Delivery::encode(&deliver, 16).expect_err("too large");
         assert_eq!(err.kind(), cim_core::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn the_largest_frame_bounds_every_message_within_the_limits() {
+        let names = NameRules::default();
+        let largest = largest_deliver_frame(100, &names);
+        let mut message = stored(Recipient::User(UserId(u64::MAX)));
+        message.body = "é".repeat(50);
+        message.id = MessageId(u64::MAX);
+        message.seq = Seq(u64::MAX);
+        message.sent_at = Timestamp(i64::MIN);
+        let name = "\u{10FFFF}".repeat(names.max_len);
+        let deliver = deliver_frame(&message, &name);
+        let len = Frame::from(Body::Deliver(deliver)).encoded_len();
+        assert!(len <= largest, "{len} > {largest}");
+        assert!(largest < 100 + 256, "the overhead stays small: {largest}");
     }
 
     #[test]

@@ -1,10 +1,19 @@
-//! [`Dispatcher`]: the live fan-out of a stored message to its recipients' connections.
+//! [`Dispatcher`]: the live fan-out of a stored message to its recipients' connections, off
+//! the sender's task.
 //!
 //! Dispatch comes after the message is stored, so it is an optimisation of latency, not a part
 //! of durability: a recipient it misses (offline, on a server that just died, on a connection
 //! too slow to keep up) still has the message pending in the store and gets it at its next
 //! sync. That is why dispatch tries every server even when one fails, and why its error only
 //! reports what could not be reached live.
+//!
+//! A fan-out can take a while (a large group's member pages, session look-ups, relays), so the
+//! sender does not wait for it: [`Dispatcher::enqueue`] hands the message to one of a fixed set
+//! of worker tasks and returns. The worker is chosen by conversation, so a conversation's
+//! messages are fanned out one after another, in the order they were stored; each worker's
+//! queue is bounded, so a store that cannot keep up slows the senders down instead of letting
+//! queues grow without bound. Relays to other servers only queue on the peer's link (see
+//! [`PeerPool`]): a slow or dead peer delays what goes to it, never a worker.
 //!
 //! The same code serves a cim server (which also holds connections, `local`) and a route
 //! (which holds none and relays everything over [`PeerPool`] links). Recipients are resolved
@@ -14,9 +23,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use cim_core::{Error, GroupId, Recipient, Result, ServerId, StoredMessage, Stores, UserId};
+use cim_core::{
+    ConversationId, Error, GroupId, Recipient, Result, ServerId, StoredMessage, Stores, UserId,
+};
 use cim_proto::v1::{self, PeerDeliver};
 use prost::Message;
+use tokio::sync::mpsc;
 
 use crate::delivery::{Delivery, deliver_frame};
 use crate::local::LocalConnections;
@@ -24,36 +36,118 @@ use crate::peer::PeerPool;
 
 /// Group members read per page when resolving a group's recipients.
 const MEMBERS_PAGE: u32 = 1000;
+/// Fan-out workers: conversations are spread over them, each fanned out in order by one.
+pub const DEFAULT_WORKERS: usize = 16;
+/// Messages queued per worker before senders wait.
+pub const DEFAULT_QUEUE: usize = 1024;
 
-/// Fans a stored message out to its recipients' connections, wherever they are.
+/// Fans stored messages out to their recipients' connections, wherever they are.
+///
+/// Cheap to clone: clones share the workers, which stop once the last clone is dropped and
+/// their queues are empty.
 #[derive(Clone)]
 pub struct Dispatcher {
+    targets: Arc<Targets>,
+    queues: Arc<Vec<mpsc::Sender<Job>>>,
+}
+
+/// What a fan-out reaches recipients through.
+struct Targets {
     stores: Stores,
     pool: PeerPool,
     local: Option<Arc<LocalConnections>>,
 }
 
+/// One message waiting for its fan-out.
+struct Job {
+    message: Arc<StoredMessage>,
+    sender_name: Arc<str>,
+}
+
 impl Dispatcher {
     /// A dispatcher that looks recipients up in `stores`, relays to other servers through
-    /// `pool`, and, on a server, delivers to its own connections `local` directly.
+    /// `pool`, and, on a server, delivers to its own connections `local` directly, with
+    /// [`DEFAULT_WORKERS`] workers. Spawns the workers: call within a Tokio runtime.
     pub fn new(stores: Stores, pool: PeerPool, local: Option<Arc<LocalConnections>>) -> Self {
-        Dispatcher {
+        Self::with_workers(stores, pool, local, DEFAULT_WORKERS, DEFAULT_QUEUE)
+    }
+
+    /// As [`Dispatcher::new`], with `workers` workers of `queue` messages each (both at least 1).
+    pub fn with_workers(
+        stores: Stores,
+        pool: PeerPool,
+        local: Option<Arc<LocalConnections>>,
+        workers: usize,
+        queue: usize,
+    ) -> Self {
+        let targets = Arc::new(Targets {
             stores,
             pool,
             local,
+        });
+        let queues = (0..workers.max(1))
+            .map(|_| {
+                let (jobs, rx) = mpsc::channel(queue.max(1));
+                tokio::spawn(work(Arc::clone(&targets), rx));
+                jobs
+            })
+            .collect();
+        Dispatcher {
+            targets,
+            queues: Arc::new(queues),
         }
     }
 
-    /// Delivers `message` (already stored) to every online recipient: the other user of a
-    /// direct message; the members of a group except the sender; for [`GroupId::ALL`], every
-    /// online user except the sender. `sender_name` is shown to the recipients.
+    /// Queues `message` (already stored) for its fan-out and returns: at once, or once its
+    /// worker has room. Messages of one conversation are fanned out in the order queued.
+    pub async fn enqueue(&self, message: Arc<StoredMessage>, sender_name: Arc<str>) {
+        let queue = &self.queues[worker_of(message.conversation, self.queues.len())];
+        // A worker only stops when every sender is gone, and this is one.
+        let _ = queue
+            .send(Job {
+                message,
+                sender_name,
+            })
+            .await;
+    }
+
+    /// Delivers `message` (already stored) to every online recipient now, on the caller's
+    /// task: the other user of a direct message; the members of a group except the sender;
+    /// for [`GroupId::ALL`], every online user except the sender. `sender_name` is shown to
+    /// the recipients. This is what a worker does with a queued message.
     ///
     /// Recipients on servers that cannot be reached are skipped (they sync the message later);
     /// the error then names them, as `Unavailable`, after every other server was served. A
     /// failing store lookup fails the whole dispatch with the store's error.
     pub async fn dispatch(&self, message: &StoredMessage, sender_name: &str) -> Result<()> {
+        self.targets.dispatch(message, sender_name).await
+    }
+}
+
+/// Which worker fans out `conversation`'s messages.
+fn worker_of(conversation: ConversationId, workers: usize) -> usize {
+    const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+    let key = match conversation {
+        ConversationId::Direct { low, high } => low.0.wrapping_mul(MIX) ^ high.0,
+        ConversationId::Group(group) => group.0,
+    };
+    let spread = key.wrapping_mul(MIX) >> 32;
+    usize::try_from(spread % workers as u64).unwrap_or(0)
+}
+
+/// A worker: fans out its queue's messages one after another until every sender is gone.
+async fn work(targets: Arc<Targets>, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(job) = jobs.recv().await {
+        if let Err(e) = targets.dispatch(&job.message, &job.sender_name).await {
+            tracing::debug!(message = %job.message.id, error = %e, "live delivery incomplete; the recipients get the message at their next sync");
+        }
+    }
+}
+
+impl Targets {
+    async fn dispatch(&self, message: &StoredMessage, sender_name: &str) -> Result<()> {
         let fanout = Fanout {
-            dispatcher: self,
+            targets: self,
             message: deliver_frame(message, sender_name),
             sender: message.sender,
             local_delivery: OnceLock::new(),
@@ -91,15 +185,16 @@ impl Dispatcher {
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
-            .field("pool", &self.pool)
-            .field("local", &self.local.as_ref().map(|l| l.server_id()))
+            .field("pool", &self.targets.pool)
+            .field("local", &self.targets.local.as_ref().map(|l| l.server_id()))
+            .field("workers", &self.queues.len())
             .finish_non_exhaustive()
     }
 }
 
 /// One message's fan-out.
 struct Fanout<'a> {
-    dispatcher: &'a Dispatcher,
+    targets: &'a Targets,
     message: v1::Deliver,
     sender: UserId,
     /// The encoded frame for local connections, built on first use.
@@ -111,7 +206,7 @@ impl Fanout<'_> {
         if let Some(delivery) = self.local_delivery.get() {
             return Ok(delivery);
         }
-        let delivery = Delivery::encode(&self.message, self.dispatcher.pool.max_frame_len())?;
+        let delivery = Delivery::encode(&self.message, self.targets.pool.max_frame_len())?;
         Ok(self.local_delivery.get_or_init(|| delivery))
     }
 
@@ -120,10 +215,10 @@ impl Fanout<'_> {
         if users.is_empty() {
             return Ok(());
         }
-        let sessions = self.dispatcher.stores.sessions.get_many(users).await?;
+        let sessions = self.targets.stores.sessions.get_many(users).await?;
         let mut remote: HashMap<ServerId, Vec<u64>> = HashMap::new();
         for session in sessions {
-            match &self.dispatcher.local {
+            match &self.targets.local {
                 Some(local) if session.server_id == *local.server_id() => {
                     // A session of this server whose connection is gone is stale: the user
                     // reconnects and syncs.
@@ -152,16 +247,12 @@ impl Fanout<'_> {
     /// Delivers to every online user but the sender: this server's connections, and every
     /// other server's through an `all_local` relay.
     async fn to_everyone(&self) -> Result<()> {
-        let local_id = self
-            .dispatcher
-            .local
-            .as_ref()
-            .map(|local| local.server_id());
-        if let Some(local) = &self.dispatcher.local {
+        let local_id = self.targets.local.as_ref().map(|local| local.server_id());
+        if let Some(local) = &self.targets.local {
             local.deliver_to_all_except(self.sender, self.local_delivery()?);
         }
         let relays = self
-            .dispatcher
+            .targets
             .pool
             .servers()
             .into_iter()
@@ -177,7 +268,7 @@ impl Fanout<'_> {
     /// Sends the message to `server` for `users` (or all its users), in as many frames as the
     /// frame limit requires.
     async fn relay(&self, server: ServerId, users: Vec<u64>, all_local: bool) -> Result<()> {
-        let pool = &self.dispatcher.pool;
+        let pool = &self.targets.pool;
         let base = PeerDeliver {
             message: Some(self.message.clone()),
             user_ids: Vec::new(),

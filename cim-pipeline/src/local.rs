@@ -22,7 +22,7 @@ use crate::delivery::Delivery;
 
 /// An order for a connection's task, from outside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Control {
+pub enum Control {
     /// Tell the client why, then close.
     Kick(KickReason),
     /// The delivery queue overflowed: close with an error.
@@ -31,13 +31,13 @@ pub(crate) enum Control {
 
 /// How the rest of the server reaches one connection's task.
 #[derive(Debug, Clone)]
-pub(crate) struct ConnectionHandle {
+pub struct ConnectionHandle {
     /// The connection's id.
-    pub(crate) id: ConnectionId,
+    pub id: ConnectionId,
     /// Messages to write, in order.
-    pub(crate) deliveries: mpsc::Sender<Arc<Delivery>>,
+    pub deliveries: mpsc::Sender<Arc<Delivery>>,
     /// Kicks and overflow notices.
-    pub(crate) control: mpsc::Sender<Control>,
+    pub control: mpsc::Sender<Control>,
 }
 
 impl ConnectionHandle {
@@ -59,7 +59,7 @@ impl ConnectionHandle {
 ///
 /// Shared by the server's connection tasks (which register and unregister themselves), its
 /// internal listener (relayed messages and kicks) and the [`Dispatcher`](crate::Dispatcher)
-/// (local fan-out).
+/// (local fan-out): the last stop of the pipeline on a server.
 #[derive(Debug)]
 pub struct LocalConnections {
     server_id: ServerId,
@@ -91,12 +91,12 @@ impl LocalConnections {
     }
 
     /// Adds a logged-in connection of `user`.
-    pub(crate) fn register(&self, user: UserId, handle: ConnectionHandle) {
+    pub fn register(&self, user: UserId, handle: ConnectionHandle) {
         self.write().entry(user).or_default().push(handle);
     }
 
     /// Removes connection `id` of `user`, if registered.
-    pub(crate) fn unregister(&self, user: UserId, id: ConnectionId) {
+    pub fn unregister(&self, user: UserId, id: ConnectionId) {
         let mut users = self.write();
         if let Some(handles) = users.get_mut(&user) {
             handles.retain(|handle| handle.id != id);
@@ -108,12 +108,7 @@ impl LocalConnections {
 
     /// Queues `delivery` on connection `id` of `user`; false if that connection is not here
     /// (any more) or is too slow.
-    pub(crate) fn deliver_to(
-        &self,
-        user: UserId,
-        id: ConnectionId,
-        delivery: &Arc<Delivery>,
-    ) -> bool {
+    pub fn deliver_to(&self, user: UserId, id: ConnectionId, delivery: &Arc<Delivery>) -> bool {
         self.read()
             .get(&user)
             .and_then(|handles| handles.iter().find(|handle| handle.id == id))
@@ -121,7 +116,7 @@ impl LocalConnections {
     }
 
     /// Queues `delivery` on every connection of `user`; how many took it.
-    pub(crate) fn deliver_to_user(&self, user: UserId, delivery: &Arc<Delivery>) -> usize {
+    pub fn deliver_to_user(&self, user: UserId, delivery: &Arc<Delivery>) -> usize {
         self.read().get(&user).map_or(0, |handles| {
             handles
                 .iter()
@@ -131,7 +126,7 @@ impl LocalConnections {
     }
 
     /// Queues `delivery` on every connection except those of `sender`; how many took it.
-    pub(crate) fn deliver_to_all_except(&self, sender: UserId, delivery: &Arc<Delivery>) -> usize {
+    pub fn deliver_to_all_except(&self, sender: UserId, delivery: &Arc<Delivery>) -> usize {
         self.read()
             .iter()
             .filter(|(user, _)| **user != sender)
@@ -141,7 +136,7 @@ impl LocalConnections {
     }
 
     /// Tells connection `id` of `user` to close with `reason`; false if it is not here.
-    pub(crate) fn kick(&self, user: UserId, id: ConnectionId, reason: KickReason) -> bool {
+    pub fn kick(&self, user: UserId, id: ConnectionId, reason: KickReason) -> bool {
         self.read()
             .get(&user)
             .and_then(|handles| handles.iter().find(|handle| handle.id == id))
