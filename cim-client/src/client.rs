@@ -8,7 +8,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cim_proto::http::{GroupView, MessageView, OnlineUser, PageOf, ServerView, UserView};
+use cim_proto::http::{
+    CreateGroupRequest, GroupAccess, GroupHistory, GroupRole, GroupView, MemberView, MessageView,
+    OnlineUser, PageOf, ServerView, UpdateGroupRequest, UserView,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -242,9 +245,81 @@ impl Client {
             .await
     }
 
-    /// Creates a group owned by this user ([`ClientError::AlreadyExists`] if the name is taken).
+    /// Creates an open group owned by this user, whose whole history its members read
+    /// ([`ClientError::AlreadyExists`] if the name is taken).
     pub async fn create_group(&self, name: &str) -> Result<GroupView> {
-        self.inner.route.create_group(&self.token(), name).await
+        self.create_group_with(name, GroupAccess::Open, GroupHistory::Full)
+            .await
+    }
+
+    /// Creates a group owned by this user with the given settings: who may become a member,
+    /// and what new members may read.
+    pub async fn create_group_with(
+        &self,
+        name: &str,
+        access: GroupAccess,
+        history: GroupHistory,
+    ) -> Result<GroupView> {
+        let body = CreateGroupRequest {
+            name: name.into(),
+            access,
+            history,
+        };
+        self.inner.route.create_group(&self.token(), &body).await
+    }
+
+    /// The group with this id, if this user may see it (it is open, or they are a member).
+    pub async fn group(&self, group_id: u64) -> Result<GroupView> {
+        self.inner.route.group(&self.token(), group_id).await
+    }
+
+    /// Changes a group's settings (owner and admins); `None` keeps a setting as it is.
+    pub async fn update_group(
+        &self,
+        group_id: u64,
+        access: Option<GroupAccess>,
+        history: Option<GroupHistory>,
+    ) -> Result<GroupView> {
+        let body = UpdateGroupRequest { access, history };
+        self.inner
+            .route
+            .update_group(&self.token(), group_id, &body)
+            .await
+    }
+
+    /// Makes a member an admin, or an admin a member again (the group's owner only).
+    pub async fn set_role(&self, group_id: u64, user_id: u64, role: GroupRole) -> Result<()> {
+        self.inner
+            .route
+            .set_role(&self.token(), group_id, user_id, role)
+            .await
+    }
+
+    /// Bans a user from a group, removing them if they are a member (owner and admins).
+    pub async fn ban(&self, group_id: u64, user_id: u64) -> Result<()> {
+        self.inner.route.ban(&self.token(), group_id, user_id).await
+    }
+
+    /// Lifts a user's ban from a group (owner and admins); they are not added back.
+    pub async fn unban(&self, group_id: u64, user_id: u64) -> Result<()> {
+        self.inner
+            .route
+            .unban(&self.token(), group_id, user_id)
+            .await
+    }
+
+    /// The users banned from a group, a page at a time (owner and admins).
+    pub async fn bans(
+        &self,
+        group_id: u64,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<PageOf<UserView>> {
+        let cursor = cursor.map(str::to_owned);
+        self.inner
+            .route
+            .bans(&self.token(), group_id, cursor, limit)
+            .await
     }
 
     /// The group with this name (any letter case); [`ClientError::NotFound`] if none.
@@ -254,13 +329,13 @@ impl Client {
         self.inner.route.find_group(&self.token(), name).await
     }
 
-    /// Joins a group (groups are open: anyone may add themself).
+    /// Joins an open group (others need an invitation: a member adds them).
     pub async fn join_group(&self, group_id: u64) -> Result<()> {
         let me = self.info().user_id;
         self.add_member(group_id, me).await
     }
 
-    /// Adds a user to a group (the caller must be a member, unless adding themself).
+    /// Adds a user to a group (the caller must be a member, and of a closed group an admin).
     pub async fn add_member(&self, group_id: u64, user_id: u64) -> Result<()> {
         self.inner
             .route
@@ -281,13 +356,13 @@ impl Client {
         self.inner.route.my_groups(&self.token()).await
     }
 
-    /// A group's members, a page at a time.
+    /// A group's members with their roles, a page at a time.
     pub async fn members(
         &self,
         group_id: u64,
         cursor: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<PageOf<UserView>> {
+    ) -> Result<PageOf<MemberView>> {
         let cursor = cursor.map(str::to_owned);
         self.inner
             .route

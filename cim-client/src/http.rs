@@ -9,8 +9,9 @@
 use std::time::Duration;
 
 use cim_proto::http::{
-    AddMemberRequest, CreateGroupRequest, Credentials, ErrorBody, GroupView, LoginResponse,
-    MessageView, OnlineUser, PageOf, ServerView, UserView,
+    AddMemberRequest, CreateGroupRequest, Credentials, ErrorBody, GroupRole, GroupView,
+    LoginResponse, MemberView, MessageView, OnlineUser, PageOf, ServerView, SetRoleRequest,
+    UpdateGroupRequest, UserView,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::Deserialize;
@@ -219,11 +220,84 @@ impl Route {
     }
 
     /// `POST /api/v1/groups`.
-    pub(crate) async fn create_group(&self, token: &str, name: &str) -> Result<GroupView> {
+    pub(crate) async fn create_group(
+        &self,
+        token: &str,
+        body: &CreateGroupRequest,
+    ) -> Result<GroupView> {
         let url = self.url(&["groups"], &[]);
-        let body = CreateGroupRequest { name: name.into() };
-        let request = self.request(Method::POST, url, Some(token)).json(&body);
+        let request = self.request(Method::POST, url, Some(token)).json(body);
         self.call(request, "creating the group").await
+    }
+
+    /// `GET /api/v1/groups/{id}`.
+    pub(crate) async fn group(&self, token: &str, group: u64) -> Result<GroupView> {
+        let group = group.to_string();
+        let url = self.url(&["groups", &group], &[]);
+        let request = self.request(Method::GET, url, Some(token));
+        self.call(request, "reading the group").await
+    }
+
+    /// `PATCH /api/v1/groups/{id}`.
+    pub(crate) async fn update_group(
+        &self,
+        token: &str,
+        group: u64,
+        body: &UpdateGroupRequest,
+    ) -> Result<GroupView> {
+        let group = group.to_string();
+        let url = self.url(&["groups", &group], &[]);
+        let request = self.request(Method::PATCH, url, Some(token)).json(body);
+        self.call(request, "changing the group").await
+    }
+
+    /// `PUT /api/v1/groups/{id}/members/{user_id}/role`.
+    pub(crate) async fn set_role(
+        &self,
+        token: &str,
+        group: u64,
+        user: u64,
+        role: GroupRole,
+    ) -> Result<()> {
+        let (group, user) = (group.to_string(), user.to_string());
+        let url = self.url(&["groups", &group, "members", &user, "role"], &[]);
+        let request = self
+            .request(Method::PUT, url, Some(token))
+            .json(&SetRoleRequest { role });
+        self.call_empty(request, "changing the role").await
+    }
+
+    /// `POST /api/v1/groups/{id}/bans`.
+    pub(crate) async fn ban(&self, token: &str, group: u64, user: u64) -> Result<()> {
+        let group = group.to_string();
+        let url = self.url(&["groups", &group, "bans"], &[]);
+        let body = AddMemberRequest { user_id: user };
+        let request = self.request(Method::POST, url, Some(token)).json(&body);
+        self.call_empty(request, "banning the user").await
+    }
+
+    /// `DELETE /api/v1/groups/{id}/bans/{user_id}`.
+    pub(crate) async fn unban(&self, token: &str, group: u64, user: u64) -> Result<()> {
+        let (group, user) = (group.to_string(), user.to_string());
+        let url = self.url(&["groups", &group, "bans", &user], &[]);
+        let request = self.request(Method::DELETE, url, Some(token));
+        self.call_empty(request, "lifting the ban").await
+    }
+
+    /// `GET /api/v1/groups/{id}/bans`.
+    pub(crate) async fn bans(
+        &self,
+        token: &str,
+        group: u64,
+        cursor: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<PageOf<UserView>> {
+        let group = group.to_string();
+        let query = [("cursor", cursor), ("limit", limit.map(|l| l.to_string()))];
+        let url = self.url(&["groups", &group, "bans"], &query);
+        let request = self.request(Method::GET, url, Some(token));
+        let listing: Listing<UserView> = self.call(request, "listing bans").await?;
+        Ok(listing.into())
     }
 
     /// `GET /api/v1/groups?name=`.
@@ -257,12 +331,12 @@ impl Route {
         group: u64,
         cursor: Option<String>,
         limit: Option<u32>,
-    ) -> Result<PageOf<UserView>> {
+    ) -> Result<PageOf<MemberView>> {
         let group = group.to_string();
         let query = [("cursor", cursor), ("limit", limit.map(|l| l.to_string()))];
         let url = self.url(&["groups", &group, "members"], &query);
         let request = self.request(Method::GET, url, Some(token));
-        let listing: Listing<UserView> = self.call(request, "listing members").await?;
+        let listing: Listing<MemberView> = self.call(request, "listing members").await?;
         Ok(listing.into())
     }
 

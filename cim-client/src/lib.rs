@@ -70,5 +70,6 @@ pub use message::{Conversation, Outgoing, Recipient, SendReceipt};
 pub use cim_proto::KickReason;
 /// The route's JSON bodies that the HTTP helpers return.
 pub use cim_proto::http::{
-    GroupView, LoginResponse, MessageView, OnlineUser, PageOf, ServerAddress, ServerView, UserView,
+    GroupAccess, GroupHistory, GroupRole, GroupView, LoginResponse, MemberView, MessageView,
+    OnlineUser, PageOf, ServerAddress, ServerView, UserView,
 };

@@ -169,13 +169,17 @@ async fn helpers_send_the_token_and_read_the_answers() {
             ),
             ("POST", "/api/v1/groups") => (
                 201,
-                r#"{"group_id": 4, "name": "team", "owner_id": 7}"#.into(),
+                r#"{"group_id": 4, "name": "team", "owner_id": 7, "access": "open",
+                    "history": "full"}"#
+                    .into(),
             ),
             ("POST", "/api/v1/groups/4/members") => (204, String::new()),
             ("DELETE", "/api/v1/groups/4/members/2") => (204, String::new()),
             ("GET", "/api/v1/users/me/groups") => (
                 200,
-                r#"[{"group_id": 4, "name": "team", "owner_id": 7}]"#.into(),
+                r#"[{"group_id": 4, "name": "team", "owner_id": 7, "access": "closed",
+                    "history": "since_join"}]"#
+                    .into(),
             ),
             ("GET", "/api/v1/servers") => (
                 200,

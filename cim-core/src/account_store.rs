@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use crate::{
-    Cursor, Error, Group, GroupId, NewGroup, NewUser, Page, PasswordHash, Result, User, UserId,
+    Cursor, Error, Group, GroupId, GroupSettings, Membership, NewGroup, NewUser, Page,
+    PasswordHash, Result, Role, Seq, User, UserId,
 };
 
 /// What an [`AccountStore`] backend can honour.
@@ -49,12 +50,26 @@ impl AccountCapabilities {
 ///   password alike, taking as long for both.
 /// - **Prefix search.** [`search_users`](Self::search_users) returns users whose canonical name
 ///   starts with the canonical form of the prefix, ordered by canonical name, paged by cursor.
-/// - **Groups.** The owner is the first member. Adding a member who is one already, or removing
-///   one who is not, changes nothing and returns false. A missing group or user is
-///   [`NotFound`](crate::ErrorKind::NotFound). Members are listed by user id with a cursor; a
-///   user's groups are listed by group id. [`is_member`](Self::is_member) answers for one pair
-///   at the cost of one look-up (it is on every group send), and false for a missing group or
-///   user.
+/// - **Groups.** A group is created with its [`GroupSettings`] (who may join, what new members
+///   may read; changed later with [`update_group`](Self::update_group)) and its owner as first
+///   member, with [`Role::Owner`] and `since` 1. Members are added with [`Role::Member`] and
+///   the `since` the caller gives (the group's next sequence, for a member who should read only
+///   what follows); adding a member who is one already, or removing one who is not, changes
+///   nothing and returns false. A missing group or user is
+///   [`NotFound`](crate::ErrorKind::NotFound). Members are listed by user id with a cursor,
+///   with their role and `since`; a user's groups are listed by group id.
+///   [`is_member`](Self::is_member) and [`membership`](Self::membership) answer for one pair at
+///   the cost of one look-up (they are on every group send and read), and `false` / `None` for
+///   a missing group or user.
+/// - **Roles.** [`set_role`](Self::set_role) makes a member an admin or a member again; the
+///   owner's role never changes, and no one else becomes owner (`InvalidInput`). The owner can
+///   be neither removed nor banned (`InvalidInput`): a group always has its owner.
+/// - **Bans.** [`ban`](Self::ban) removes the user from the group (if a member) and records the
+///   ban, atomically; while banned, [`add_member`](Self::add_member) refuses them with
+///   [`PermissionDenied`](crate::ErrorKind::PermissionDenied), so a banned user cannot rejoin,
+///   whoever adds them, even racing the ban. [`unban`](Self::unban) lifts it (the user is not
+///   added back). Bans are listed by user id with a cursor. Each answers whether it changed
+///   anything.
 /// - **Errors.** `InvalidInput` for a limit of 0, `Unavailable` / `Timeout` for an unreachable
 ///   backend, `Unsupported` outside the capabilities.
 #[async_trait]
@@ -100,20 +115,47 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Creates a group whose only member is its owner. `NotFound` if the owner does not exist.
     async fn create_group(&self, group: NewGroup) -> Result<Group>;
 
+    /// Changes who may join the group and what new members may read; the group as it is now.
+    async fn update_group(&self, id: GroupId, settings: GroupSettings) -> Result<Group>;
+
     /// The group with this id.
     async fn group(&self, id: GroupId) -> Result<Option<Group>>;
 
     /// The group with this name (canonical comparison).
     async fn group_by_name(&self, name: &str) -> Result<Option<Group>>;
 
-    /// Adds `user` to `group`; false if already a member.
-    async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool>;
+    /// Adds `user` to `group` as a member who may read from `since` on; false if already a
+    /// member. `PermissionDenied` if the user is banned from the group.
+    async fn add_member(&self, group: GroupId, user: UserId, since: Seq) -> Result<bool>;
 
-    /// Removes `user` from `group`; false if not a member.
+    /// Removes `user` from `group`; false if not a member. `InvalidInput` for the owner.
     async fn remove_member(&self, group: GroupId, user: UserId) -> Result<bool>;
 
     /// The group's members by user id, at most `limit` per page.
     async fn members(
+        &self,
+        group: GroupId,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<Membership>>;
+
+    /// `user`'s membership of `group`, if they are a member.
+    async fn membership(&self, group: GroupId, user: UserId) -> Result<Option<Membership>>;
+
+    /// Makes member `user` of `group` an admin ([`Role::Admin`]) or a plain member
+    /// ([`Role::Member`]). `NotFound` if they are not a member; `InvalidInput` for
+    /// [`Role::Owner`] or for the owner.
+    async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> Result<()>;
+
+    /// Bans `user` from `group`, removing them if they are a member; false if banned already.
+    /// `InvalidInput` for the owner.
+    async fn ban(&self, group: GroupId, user: UserId) -> Result<bool>;
+
+    /// Lifts `user`'s ban from `group`; false if they were not banned.
+    async fn unban(&self, group: GroupId, user: UserId) -> Result<bool>;
+
+    /// The users banned from the group, by user id, at most `limit` per page.
+    async fn bans(
         &self,
         group: GroupId,
         cursor: Option<&Cursor>,

@@ -168,6 +168,7 @@ impl Targets {
                     let users: Vec<UserId> = page
                         .items
                         .into_iter()
+                        .map(|member| member.user)
                         .filter(|user| *user != message.sender)
                         .collect();
                     failures.record(fanout.to_users(&users).await);

@@ -4,8 +4,13 @@
 //! The API bodies live in cim-proto so that the client SDK shares them without depending on
 //! cim-core; these functions are the one place that translates between the two.
 
-use cim_core::{Group, Page, ServerInfo, Session, StoredMessage, User};
-use cim_proto::http::{GroupView, MessageView, OnlineUser, PageOf, ServerView, UserView};
+use cim_core::{
+    Group, GroupAccess, GroupHistory, Membership, Page, Role, ServerInfo, Session, StoredMessage,
+    User,
+};
+use cim_proto::http::{
+    self, GroupView, MemberView, MessageView, OnlineUser, PageOf, ServerView, UserView,
+};
 
 /// A user.
 pub(crate) fn user(user: &User) -> UserView {
@@ -31,6 +36,54 @@ pub(crate) fn group(group: &Group) -> GroupView {
         group_id: group.id.0,
         name: group.name.clone(),
         owner_id: group.owner.0,
+        access: match group.access {
+            GroupAccess::Open => http::GroupAccess::Open,
+            GroupAccess::InviteOnly => http::GroupAccess::InviteOnly,
+            GroupAccess::Closed => http::GroupAccess::Closed,
+        },
+        history: match group.history {
+            GroupHistory::Full => http::GroupHistory::Full,
+            GroupHistory::SinceJoin => http::GroupHistory::SinceJoin,
+        },
+    }
+}
+
+/// A member of a group, with their account.
+pub(crate) fn member(membership: &Membership, user: &UserView) -> MemberView {
+    MemberView {
+        user_id: user.user_id,
+        name: user.name.clone(),
+        role: match membership.role {
+            Role::Member => http::GroupRole::Member,
+            Role::Admin => http::GroupRole::Admin,
+            Role::Owner => http::GroupRole::Owner,
+        },
+    }
+}
+
+/// The access a request asks for.
+pub(crate) fn access_from(access: http::GroupAccess) -> GroupAccess {
+    match access {
+        http::GroupAccess::Open => GroupAccess::Open,
+        http::GroupAccess::InviteOnly => GroupAccess::InviteOnly,
+        http::GroupAccess::Closed => GroupAccess::Closed,
+    }
+}
+
+/// The history setting a request asks for.
+pub(crate) fn history_from(history: http::GroupHistory) -> GroupHistory {
+    match history {
+        http::GroupHistory::Full => GroupHistory::Full,
+        http::GroupHistory::SinceJoin => GroupHistory::SinceJoin,
+    }
+}
+
+/// The role a request asks for.
+pub(crate) fn role_from(role: http::GroupRole) -> Role {
+    match role {
+        http::GroupRole::Member => Role::Member,
+        http::GroupRole::Admin => Role::Admin,
+        http::GroupRole::Owner => Role::Owner,
     }
 }
 

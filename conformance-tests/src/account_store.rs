@@ -14,8 +14,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cim_core::{
-    AccountCapabilities, AccountStore, ErrorKind, Group, GroupId, NameRules, NewGroup, NewUser,
-    Timestamp, User, UserId,
+    AccountCapabilities, AccountStore, ErrorKind, Group, GroupAccess, GroupHistory, GroupId,
+    GroupSettings, Membership, NameRules, NewGroup, NewUser, Role, Seq, Timestamp, User, UserId,
 };
 use futures::StreamExt;
 
@@ -124,6 +124,40 @@ pub fn cases() -> Vec<Case<dyn AccountStore>> {
             |h| boxed(is_member_is_false_for_a_missing_group_or_user_and_for_the_all_group(h)),
         ),
         Case::when(
+            "group_settings_are_kept_and_changed_by_update_group",
+            |caps: &AccountCapabilities| caps.groups,
+            |h| boxed(group_settings_are_kept_and_changed_by_update_group(h)),
+        ),
+        Case::when(
+            "membership_tells_each_members_role_and_since",
+            |caps: &AccountCapabilities| caps.groups,
+            |h| boxed(membership_tells_each_members_role_and_since(h)),
+        ),
+        Case::when(
+            "set_role_makes_admins_and_members_but_never_another_owner",
+            |caps: &AccountCapabilities| caps.groups,
+            |h| boxed(set_role_makes_admins_and_members_but_never_another_owner(h)),
+        ),
+        Case::when(
+            "the_owner_can_be_neither_removed_nor_banned",
+            |caps: &AccountCapabilities| caps.groups,
+            |h| boxed(the_owner_can_be_neither_removed_nor_banned(h)),
+        ),
+        Case::when(
+            "a_banned_user_is_removed_and_cannot_be_added_until_unbanned",
+            |caps: &AccountCapabilities| caps.groups,
+            |h| {
+                boxed(a_banned_user_is_removed_and_cannot_be_added_until_unbanned(
+                    h,
+                ))
+            },
+        ),
+        Case::when(
+            "a_ban_racing_an_add_never_leaves_a_banned_member",
+            |caps: &AccountCapabilities| caps.groups,
+            |h| boxed(a_ban_racing_an_add_never_leaves_a_banned_member(h)),
+        ),
+        Case::when(
             "user_groups_are_listed_by_group_id",
             |caps: &AccountCapabilities| caps.groups,
             |h| boxed(user_groups_are_listed_by_group_id(h)),
@@ -216,10 +250,28 @@ async fn search_all(store: &dyn AccountStore, prefix: &str, limit: u32) -> Vec<U
 }
 
 /// Every member of `group`, walked through pages of `limit`.
-async fn members_all(store: &dyn AccountStore, group: GroupId, limit: u32) -> Vec<UserId> {
+async fn memberships_all(store: &dyn AccountStore, group: GroupId, limit: u32) -> Vec<Membership> {
     let what = format!("members({group}, limit {limit})");
     all_pages(&what, limit, |cursor| async move {
         store.members(group, cursor.as_ref(), limit).await
+    })
+    .await
+}
+
+/// The user ids of every member of `group`, walked through pages of `limit`.
+async fn members_all(store: &dyn AccountStore, group: GroupId, limit: u32) -> Vec<UserId> {
+    memberships_all(store, group, limit)
+        .await
+        .into_iter()
+        .map(|member| member.user)
+        .collect()
+}
+
+/// Every user banned from `group`, walked through pages of `limit`.
+async fn bans_all(store: &dyn AccountStore, group: GroupId, limit: u32) -> Vec<UserId> {
+    let what = format!("bans({group}, limit {limit})");
+    all_pages(&what, limit, |cursor| async move {
+        store.bans(group, cursor.as_ref(), limit).await
     })
     .await
 }
@@ -628,8 +680,18 @@ pub async fn create_group_makes_the_owner_its_first_member(h: Accounts) {
         let found = store.group_by_name(name).await.must("group_by_name");
         assert_eq!(found, Some(group.clone()), "group_by_name({name:?})");
     }
+    assert_eq!(
+        (group.access, group.history),
+        (GroupAccess::Open, GroupHistory::Full),
+        "a group is open with its full history unless created otherwise"
+    );
     let members = store.members(group.id, None, 10).await.must("members");
-    assert_eq!(members.items, vec![olga.id], "the owner is the only member");
+    let founder = Membership {
+        user: olga.id,
+        role: Role::Owner,
+        since: Seq(1),
+    };
+    assert_eq!(members.items, vec![founder], "the owner is the only member");
     assert_eq!(members.next, None, "one member fits one page");
     let groups = store.user_groups(olga.id).await.must("user_groups");
     assert_eq!(groups, vec![group], "the owner's groups hold the new group");
@@ -711,17 +773,22 @@ pub async fn add_and_remove_member_say_whether_they_changed_anything(h: Accounts
     let mut both = vec![olga.id, bob.id];
     both.sort();
 
-    assert!(store.add_member(group.id, bob.id).await.must("add_member"));
+    assert!(
+        store
+            .add_member(group.id, bob.id, Seq(1))
+            .await
+            .must("add_member")
+    );
     assert!(
         !store
-            .add_member(group.id, bob.id)
+            .add_member(group.id, bob.id, Seq(1))
             .await
             .must("add_member again"),
         "adding a member twice changes nothing and answers false"
     );
     assert!(
         !store
-            .add_member(group.id, olga.id)
+            .add_member(group.id, olga.id, Seq(1))
             .await
             .must("add_member(owner)"),
         "the owner is a member already"
@@ -749,7 +816,7 @@ pub async fn add_and_remove_member_say_whether_they_changed_anything(h: Accounts
 
     assert!(
         store
-            .add_member(group.id, bob.id)
+            .add_member(group.id, bob.id, Seq(1))
             .await
             .must("add_member after leaving"),
         "a former member can join again"
@@ -768,12 +835,12 @@ pub async fn membership_operations_on_a_missing_group_or_user_are_not_found(h: A
     let no_user = absent_user(&[olga, bob]);
 
     assert_kind(
-        store.add_member(no_group, bob.id).await,
+        store.add_member(no_group, bob.id, Seq(1)).await,
         ErrorKind::NotFound,
         "add_member to a missing group",
     );
     assert_kind(
-        store.add_member(group.id, no_user).await,
+        store.add_member(group.id, no_user, Seq(1)).await,
         ErrorKind::NotFound,
         "add_member of a missing user",
     );
@@ -817,7 +884,7 @@ pub async fn members_are_paged_completely_by_user_id(h: Accounts) {
     // Join in an order that is neither the creation order nor the id order.
     for i in [3, 9, 0, 10, 7, 1, 4, 8, 2, 6] {
         let added = store
-            .add_member(group.id, users[i].id)
+            .add_member(group.id, users[i].id, Seq(1))
             .await
             .must("add_member");
         assert!(added, "{} was not a member yet", users[i].name);
@@ -857,11 +924,11 @@ pub async fn user_groups_are_listed_by_group_id(h: Accounts) {
     let own = create_group(&*store, "g5", uma.id).await;
     // Join the later group first.
     store
-        .add_member(groups[2].id, uma.id)
+        .add_member(groups[2].id, uma.id, Seq(1))
         .await
         .must("add_member");
     store
-        .add_member(groups[0].id, uma.id)
+        .add_member(groups[0].id, uma.id, Seq(1))
         .await
         .must("add_member");
 
@@ -901,7 +968,10 @@ pub async fn is_member_follows_joins_and_leaves(h: Accounts) {
     assert!(member(&crew, olga).await, "the owner is a member");
     assert!(!member(&crew, bob).await, "bob has not joined");
     assert!(!member(&crew, carol).await, "carol owns another group only");
-    store.add_member(crew.id, bob.id).await.must("add_member");
+    store
+        .add_member(crew.id, bob.id, Seq(1))
+        .await
+        .must("add_member");
     assert!(member(&crew, bob).await, "bob after joining");
     assert!(
         !member(&other, bob).await,
@@ -936,6 +1006,292 @@ pub async fn is_member_is_false_for_a_missing_group_or_user_and_for_the_all_grou
     }
 }
 
+/// A group keeps the settings it was created with; `update_group` changes them for good, and
+/// on a missing group is `NotFound`.
+pub async fn group_settings_are_kept_and_changed_by_update_group(h: Accounts) {
+    let store = h.store().await;
+    let olga = create(&*store, "olga").await;
+    let settings = GroupSettings {
+        access: GroupAccess::Closed,
+        history: GroupHistory::SinceJoin,
+    };
+    let group = store
+        .create_group(new_group("vault", olga.id).settings(settings))
+        .await
+        .must("create_group(closed, since_join)");
+    assert_eq!(
+        (group.access, group.history),
+        (settings.access, settings.history)
+    );
+    let stored = store.group(group.id).await.must("group").expect("stored");
+    assert_eq!(stored, group, "the settings are stored");
+
+    let open = GroupSettings {
+        access: GroupAccess::InviteOnly,
+        history: GroupHistory::Full,
+    };
+    let updated = store
+        .update_group(group.id, open)
+        .await
+        .must("update_group");
+    assert_eq!(
+        (updated.access, updated.history),
+        (open.access, open.history)
+    );
+    assert_eq!(updated.name, group.name, "nothing else changes");
+    let by_name = store.group_by_name("vault").await.must("group_by_name");
+    assert_eq!(by_name, Some(updated), "the change is what every read sees");
+    assert_kind(
+        store.update_group(absent_group(&[&group]), open).await,
+        ErrorKind::NotFound,
+        "update_group of a missing group",
+    );
+}
+
+/// `membership` names the role and the `since` of each member: the owner from the start, a
+/// member with the `since` they were added with; `None` for others and for missing ones.
+pub async fn membership_tells_each_members_role_and_since(h: Accounts) {
+    let store = h.store().await;
+    let users = create_all(&*store, &["olga", "bob", "carol"]).await;
+    let (olga, bob, carol) = (&users[0], &users[1], &users[2]);
+    let group = create_group(&*store, "crew", olga.id).await;
+    store
+        .add_member(group.id, bob.id, Seq(42))
+        .await
+        .must("add_member");
+    let expect = |user: &User, role: Role, since: u64| {
+        Some(Membership {
+            user: user.id,
+            role,
+            since: Seq(since),
+        })
+    };
+    assert_eq!(
+        store
+            .membership(group.id, olga.id)
+            .await
+            .must("membership(owner)"),
+        expect(olga, Role::Owner, 1)
+    );
+    assert_eq!(
+        store
+            .membership(group.id, bob.id)
+            .await
+            .must("membership(bob)"),
+        expect(bob, Role::Member, 42)
+    );
+    assert!(
+        !store
+            .add_member(group.id, bob.id, Seq(99))
+            .await
+            .must("add_member again"),
+        "adding a member again changes nothing"
+    );
+    assert_eq!(
+        store
+            .membership(group.id, bob.id)
+            .await
+            .must("membership(bob)"),
+        expect(bob, Role::Member, 42),
+        "a repeated add keeps the first since"
+    );
+    for (group, user, what) in [
+        (group.id, carol.id, "a non-member"),
+        (absent_group(&[&group]), olga.id, "a missing group"),
+        (group.id, absent_user(&[olga, bob, carol]), "a missing user"),
+    ] {
+        let found = store.membership(group, user).await.must("membership");
+        assert_eq!(found, None, "membership of {what}");
+    }
+    let listed = memberships_all(&*store, group.id, 10).await;
+    let mut expected = vec![
+        expect(olga, Role::Owner, 1).expect("some"),
+        expect(bob, Role::Member, 42).expect("some"),
+    ];
+    expected.sort_by_key(|member| member.user);
+    assert_eq!(listed, expected, "members lists roles and since");
+}
+
+/// `set_role` makes a member an admin and back; it never makes an owner, never changes the
+/// owner's role, and a non-member is `NotFound`.
+pub async fn set_role_makes_admins_and_members_but_never_another_owner(h: Accounts) {
+    let store = h.store().await;
+    let users = create_all(&*store, &["olga", "bob", "carol"]).await;
+    let (olga, bob, carol) = (&users[0], &users[1], &users[2]);
+    let group = create_group(&*store, "crew", olga.id).await;
+    store
+        .add_member(group.id, bob.id, Seq(1))
+        .await
+        .must("add_member");
+    let role_of = async |user: &User| {
+        store
+            .membership(group.id, user.id)
+            .await
+            .must("membership")
+            .map(|member| member.role)
+    };
+    store
+        .set_role(group.id, bob.id, Role::Admin)
+        .await
+        .must("set_role(admin)");
+    assert_eq!(role_of(bob).await, Some(Role::Admin));
+    store
+        .set_role(group.id, bob.id, Role::Member)
+        .await
+        .must("set_role(member)");
+    assert_eq!(role_of(bob).await, Some(Role::Member));
+    assert_kind(
+        store.set_role(group.id, bob.id, Role::Owner).await,
+        ErrorKind::InvalidInput,
+        "set_role(owner)",
+    );
+    assert_kind(
+        store.set_role(group.id, olga.id, Role::Member).await,
+        ErrorKind::InvalidInput,
+        "set_role of the owner",
+    );
+    assert_kind(
+        store.set_role(group.id, carol.id, Role::Admin).await,
+        ErrorKind::NotFound,
+        "set_role of a non-member",
+    );
+    assert_eq!(role_of(olga).await, Some(Role::Owner), "the owner stays");
+    assert_eq!(
+        role_of(bob).await,
+        Some(Role::Member),
+        "refusals change nothing"
+    );
+}
+
+/// A group always has its owner: removing or banning them is `InvalidInput`, and changes
+/// nothing.
+pub async fn the_owner_can_be_neither_removed_nor_banned(h: Accounts) {
+    let store = h.store().await;
+    let olga = create(&*store, "olga").await;
+    let group = create_group(&*store, "crew", olga.id).await;
+    assert_kind(
+        store.remove_member(group.id, olga.id).await,
+        ErrorKind::InvalidInput,
+        "remove_member(owner)",
+    );
+    assert_kind(
+        store.ban(group.id, olga.id).await,
+        ErrorKind::InvalidInput,
+        "ban(owner)",
+    );
+    assert!(store.is_member(group.id, olga.id).await.must("is_member"));
+    assert!(bans_all(&*store, group.id, 10).await.is_empty());
+}
+
+/// A ban removes a member and keeps them out: adding them again is `PermissionDenied` until
+/// the ban is lifted, and lifting it does not add them back. Each call answers whether it
+/// changed anything; bans are listed by user id, in pages.
+pub async fn a_banned_user_is_removed_and_cannot_be_added_until_unbanned(h: Accounts) {
+    let store = h.store().await;
+    let users = create_all(&*store, &["olga", "bob", "carol", "dave"]).await;
+    let (olga, bob, carol, dave) = (&users[0], &users[1], &users[2], &users[3]);
+    let group = create_group(&*store, "crew", olga.id).await;
+    store
+        .add_member(group.id, bob.id, Seq(1))
+        .await
+        .must("add_member");
+
+    assert!(
+        store.ban(group.id, bob.id).await.must("ban(bob)"),
+        "a new ban"
+    );
+    assert!(
+        !store.is_member(group.id, bob.id).await.must("is_member"),
+        "banned means removed"
+    );
+    assert!(
+        !store.ban(group.id, bob.id).await.must("ban(bob) again"),
+        "banning again changes nothing"
+    );
+    assert_kind(
+        store.add_member(group.id, bob.id, Seq(1)).await,
+        ErrorKind::PermissionDenied,
+        "add_member of a banned user",
+    );
+    assert!(
+        store.ban(group.id, carol.id).await.must("ban(carol)"),
+        "a non-member can be banned too"
+    );
+    assert!(store.ban(group.id, dave.id).await.must("ban(dave)"));
+    let mut banned = vec![bob.id, carol.id, dave.id];
+    banned.sort();
+    assert_eq!(
+        bans_all(&*store, group.id, 2).await,
+        banned,
+        "bans in pages of 2"
+    );
+    let groups = store.user_groups(bob.id).await.must("user_groups(bob)");
+    assert!(groups.is_empty(), "the ban removed bob: {groups:?}");
+
+    assert!(store.unban(group.id, bob.id).await.must("unban(bob)"));
+    assert!(!store.unban(group.id, bob.id).await.must("unban(bob) again"));
+    assert!(
+        !store.is_member(group.id, bob.id).await.must("is_member"),
+        "an unban does not add back"
+    );
+    assert!(
+        store
+            .add_member(group.id, bob.id, Seq(1))
+            .await
+            .must("add_member after unban"),
+        "once unbanned, bob can be added"
+    );
+    banned.retain(|user| *user != bob.id);
+    assert_eq!(bans_all(&*store, group.id, 10).await, banned);
+    let no_group = absent_group(&[&group]);
+    assert_kind(
+        store.ban(no_group, bob.id).await,
+        ErrorKind::NotFound,
+        "ban in a missing group",
+    );
+    assert_kind(
+        store.bans(no_group, None, 10).await,
+        ErrorKind::NotFound,
+        "bans of a missing group",
+    );
+    assert_kind(
+        store.bans(group.id, None, 0).await,
+        ErrorKind::InvalidInput,
+        "bans with limit 0",
+    );
+}
+
+/// A ban and an add of the same user, racing: whichever wins, a banned user is never left a
+/// member.
+pub async fn a_ban_racing_an_add_never_leaves_a_banned_member(h: Accounts) {
+    let store = h.store().await;
+    let users = create_all(&*store, &["olga", "bob"]).await;
+    let (olga, bob) = (&users[0], &users[1]);
+    let group = create_group(&*store, "crew", olga.id).await;
+    for round in 0..20 {
+        let adding = {
+            let store = store.clone();
+            let (group, bob) = (group.id, bob.id);
+            tokio::spawn(async move { store.add_member(group, bob, Seq(1)).await })
+        };
+        let banning = {
+            let store = store.clone();
+            let (group, bob) = (group.id, bob.id);
+            tokio::spawn(async move { store.ban(group, bob).await })
+        };
+        let added = join_task(adding).await;
+        join_task(banning).await.must("ban");
+        if let Err(e) = added {
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "round {round}: {e}");
+        }
+        assert!(
+            !store.is_member(group.id, bob.id).await.must("is_member"),
+            "round {round}: bob is banned and must not be a member"
+        );
+        store.unban(group.id, bob.id).await.must("unban");
+    }
+}
+
 /// A backend that does not claim groups answers `Unsupported` to every group operation.
 pub async fn group_operations_are_unsupported_when_not_claimed(h: Accounts) {
     let store = h.store().await;
@@ -953,7 +1309,7 @@ pub async fn group_operations_are_unsupported_when_not_claimed(h: Accounts) {
         "group_by_name",
     );
     assert_kind(
-        store.add_member(group, olga.id).await,
+        store.add_member(group, olga.id, Seq(1)).await,
         ErrorKind::Unsupported,
         "add_member",
     );
@@ -976,5 +1332,35 @@ pub async fn group_operations_are_unsupported_when_not_claimed(h: Accounts) {
         store.is_member(group, olga.id).await,
         ErrorKind::Unsupported,
         "is_member",
+    );
+    assert_kind(
+        store.membership(group, olga.id).await,
+        ErrorKind::Unsupported,
+        "membership",
+    );
+    assert_kind(
+        store.update_group(group, GroupSettings::default()).await,
+        ErrorKind::Unsupported,
+        "update_group",
+    );
+    assert_kind(
+        store.set_role(group, olga.id, Role::Admin).await,
+        ErrorKind::Unsupported,
+        "set_role",
+    );
+    assert_kind(
+        store.ban(group, olga.id).await,
+        ErrorKind::Unsupported,
+        "ban",
+    );
+    assert_kind(
+        store.unban(group, olga.id).await,
+        ErrorKind::Unsupported,
+        "unban",
+    );
+    assert_kind(
+        store.bans(group, None, 10).await,
+        ErrorKind::Unsupported,
+        "bans",
     );
 }

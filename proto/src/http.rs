@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// `not_found`, `already_exists`, `conflict`, `invalid_input`, `unauthenticated`,
-    /// `forbidden`, `unavailable`, `timeout`, `unsupported`, `internal`.
+    /// `permission_denied`, `rate_limited`, `unavailable`, `timeout`, `unsupported`,
+    /// `internal`.
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,
@@ -131,11 +132,64 @@ pub struct MessageView {
     pub sent_at: i64,
 }
 
+/// Who may become a member of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupAccess {
+    /// Anyone may find the group by name and join it; any member may add others.
+    #[default]
+    Open,
+    /// Only members may add others; outsiders can neither find nor join it.
+    InviteOnly,
+    /// Only the owner and admins may add members; outsiders can neither find nor join it.
+    Closed,
+}
+
+/// What a new member of a group may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupHistory {
+    /// The whole conversation, from before they joined too.
+    #[default]
+    Full,
+    /// Only what was sent since they joined.
+    SinceJoin,
+}
+
+/// A member's standing in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupRole {
+    /// A member.
+    Member,
+    /// Adds, removes and bans members, changes the group's settings.
+    Admin,
+    /// The creator: an admin who also names admins; can be neither removed nor banned.
+    Owner,
+}
+
 /// `POST /api/v1/groups`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateGroupRequest {
     /// The group's name (unique, same rules as user names).
     pub name: String,
+    /// Who may become a member (default `open`).
+    #[serde(default)]
+    pub access: GroupAccess,
+    /// What new members may read (default `full`).
+    #[serde(default)]
+    pub history: GroupHistory,
+}
+
+/// `PATCH /api/v1/groups/{id}`: the settings to change; those left out stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateGroupRequest {
+    /// Who may become a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<GroupAccess>,
+    /// What new members may read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<GroupHistory>,
 }
 
 /// A group, as the API shows one.
@@ -145,15 +199,37 @@ pub struct GroupView {
     pub group_id: u64,
     /// The group's name.
     pub name: String,
-    /// Who created it.
+    /// Who created it, its owner.
     pub owner_id: u64,
+    /// Who may become a member.
+    pub access: GroupAccess,
+    /// What new members may read.
+    pub history: GroupHistory,
 }
 
-/// `POST /api/v1/groups/{id}/members`.
+/// A member of a group (`GET /api/v1/groups/{id}/members`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// The member's user id.
+    pub user_id: u64,
+    /// The member's name.
+    pub name: String,
+    /// Their standing in the group.
+    pub role: GroupRole,
+}
+
+/// `POST /api/v1/groups/{id}/members` and `POST /api/v1/groups/{id}/bans`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddMemberRequest {
-    /// The user to add.
+    /// The user to add (or ban).
     pub user_id: u64,
+}
+
+/// `PUT /api/v1/groups/{id}/members/{user_id}/role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRoleRequest {
+    /// `admin` or `member` (a group has one owner, its creator).
+    pub role: GroupRole,
 }
 
 /// A live cim server (`GET /api/v1/servers`).

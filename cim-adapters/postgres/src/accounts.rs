@@ -1,10 +1,23 @@
 //! [`AccountStore`] for [`PostgresStore`].
 //!
+//! Tables: `users`, `chat_groups` (with the group's `access` and `history` settings),
+//! `group_members` (one row per member, with their `role` and `since`) and `group_bans` (one
+//! row per banned user). Roles and settings are stored as their stable lower-case names.
+//!
 //! Uniqueness of names is the `UNIQUE` constraint on the canonical-name column, so of
 //! concurrent creates of one name PostgreSQL lets exactly one insert through and the others
 //! fail with a unique violation, reported as `AlreadyExists`. Users and groups are never
-//! deleted, so checking that a group and a user exist before touching a membership cannot race
-//! with anything, and the membership change itself is one statement.
+//! deleted and a group's owner never changes, so checking that a group and a user exist, or
+//! who owns a group, before touching a membership cannot race with anything.
+//!
+//! Bans are the one place where two statements of different callers must not interleave. A
+//! ban deletes the membership and inserts the ban; an add inserts the membership unless a ban
+//! exists. Under READ COMMITTED each statement sees what was committed when it started, so
+//! without more an add could check for a ban before the ban commits and insert its row after
+//! the ban's delete ran: a banned member. Both therefore first take a transaction-scoped
+//! advisory lock on the pair (see [`PAIR_LOCK`]), and only then, in a later statement (with a
+//! fresh snapshot), look at and change the rows: whichever comes second sees all of what the
+//! first did.
 //!
 //! Prefix search is a range scan on the canonical-name index: names starting with `p` are
 //! exactly those in `[p, successor(p))`, where the successor increments the last character
@@ -14,13 +27,14 @@
 
 use async_trait::async_trait;
 use cim_core::{
-    AccountCapabilities, AccountStore, Cursor, Error, Group, GroupId, NewGroup, NewUser, Page,
-    PasswordHash, Result, Timestamp, User, UserId, canonical_name,
+    AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
+    GroupSettings, Membership, NewGroup, NewUser, Page, PasswordHash, Result, Role, Seq, Timestamp,
+    User, UserId, canonical_name,
 };
-use sqlx::FromRow;
+use sqlx::{FromRow, PgConnection};
 
 use crate::PostgresStore;
-use crate::columns::{int, unsigned};
+use crate::columns::{int, named, unsigned};
 use crate::error::{During, unique_error};
 use cim_core::paging::{fetch_size, id_cursor, into_page};
 
@@ -63,6 +77,15 @@ struct GroupRow {
     name: String,
     owner: i64,
     created_at: i64,
+    access: String,
+    history: String,
+}
+
+/// The columns a [`GroupRow`] is read from, for `concat!` into static SQL.
+macro_rules! group_columns {
+    () => {
+        "id, name, owner, created_at, access, history"
+    };
 }
 
 impl GroupRow {
@@ -72,8 +95,70 @@ impl GroupRow {
             name: self.name,
             owner: UserId(unsigned(self.owner, "chat_groups.owner")?),
             created_at: Timestamp(self.created_at),
+            access: named(&self.access, "chat_groups.access", GroupAccess::parse)?,
+            history: named(&self.history, "chat_groups.history", GroupHistory::parse)?,
         })
     }
+}
+
+#[derive(FromRow)]
+struct MemberRow {
+    user_id: i64,
+    role: String,
+    since: i64,
+}
+
+impl MemberRow {
+    fn into_membership(self) -> Result<Membership> {
+        Ok(Membership {
+            user: UserId(unsigned(self.user_id, "group_members.user_id")?),
+            role: named(&self.role, "group_members.role", Role::parse)?,
+            since: Seq(unsigned(self.since, "group_members.since")?),
+        })
+    }
+}
+
+/// What the add-unless-banned statement of [`AccountStore::add_member`] found and did.
+#[derive(FromRow)]
+struct AddRow {
+    banned: bool,
+    added: bool,
+}
+
+/// Serialises the changes of one (group, user) pair that must not interleave: a ban and an
+/// add (see the module documentation). Taken with `pg_advisory_xact_lock(key1, key2)`, the
+/// keys being the group and the user id folded to 31 bits ([`pair_lock_key`]); PostgreSQL
+/// releases it at commit or rollback, so no path can leak it.
+///
+/// Why an advisory lock rather than locking the group's row: it serialises only what
+/// conflicts, one user's ban with that user's add, so members joining a busy group do not
+/// queue behind one another, and it can be taken before the rows it protects exist (there is
+/// no ban row to lock before the ban). The two-key form lives in a key space of its own,
+/// apart from the one-key locks of sqlx's migrations and of schema creation. Keys are not
+/// unique across namespaces or ids 2^31 apart; such a collision only makes one caller wait a
+/// few statements for another, never changes an outcome.
+const PAIR_LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
+
+/// An id as one key of [`PAIR_LOCK`]: its low 31 bits, which are what differs between ids
+/// that are close.
+fn pair_lock_key(id: u64) -> i32 {
+    i32::try_from(id & 0x7fff_ffff).unwrap_or(i32::MAX)
+}
+
+/// Takes [`PAIR_LOCK`] for (`group`, `user`) in the transaction `tx` is in.
+async fn lock_pair(
+    tx: &mut PgConnection,
+    group: GroupId,
+    user: UserId,
+    operation: &'static str,
+) -> Result<()> {
+    sqlx::query(PAIR_LOCK)
+        .bind(pair_lock_key(group.0))
+        .bind(pair_lock_key(user.0))
+        .execute(tx)
+        .await
+        .during(operation)?;
+    Ok(())
 }
 
 /// The smallest string above every string that starts with `prefix`: `prefix` with its last
@@ -104,6 +189,31 @@ impl PostgresStore {
             Ok(())
         } else {
             Err(Error::not_found(format!("group {group} does not exist")))
+        }
+    }
+
+    /// `InvalidInput` if `user` owns `group`, who cannot be `what` ("removed", "banned"...).
+    async fn ensure_not_owner(
+        &self,
+        group: GroupId,
+        user: UserId,
+        what: &str,
+        operation: &'static str,
+    ) -> Result<()> {
+        let owns: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM chat_groups WHERE id = $1 AND owner = $2)",
+        )
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .fetch_one(self.pool())
+        .await
+        .during(operation)?;
+        if owns {
+            Err(Error::invalid_input(format!(
+                "user {user} owns group {group} and cannot be {what}; a group always has its owner"
+            )))
+        } else {
+            Ok(())
         }
     }
 
@@ -266,14 +376,18 @@ impl AccountStore for PostgresStore {
                 new.owner()
             )));
         }
-        let row: GroupRow = sqlx::query_as(
-            "INSERT INTO chat_groups (name, canonical, owner, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING id, name, owner, created_at",
-        )
+        let settings = new.group_settings();
+        let row: GroupRow = sqlx::query_as(concat!(
+            "INSERT INTO chat_groups (name, canonical, owner, created_at, access, history) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+            group_columns!()
+        ))
         .bind(new.name())
         .bind(new.canonical_name())
         .bind(int(new.owner().0))
         .bind(Timestamp::now().as_millis())
+        .bind(settings.access.as_str())
+        .bind(settings.history.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -284,30 +398,53 @@ impl AccountStore for PostgresStore {
                 ))
             })
         })?;
-        sqlx::query("INSERT INTO group_members (group_id, user_id) VALUES ($1, $2)")
-            .bind(row.id)
-            .bind(row.owner)
-            .execute(&mut *tx)
-            .await
-            .during(OPERATION)?;
+        sqlx::query(
+            "INSERT INTO group_members (group_id, user_id, role, since) \
+             VALUES ($1, $2, 'owner', 1)",
+        )
+        .bind(row.id)
+        .bind(row.owner)
+        .execute(&mut *tx)
+        .await
+        .during(OPERATION)?;
         tx.commit().await.during(OPERATION)?;
         row.into_group()
     }
 
+    async fn update_group(&self, id: GroupId, settings: GroupSettings) -> Result<Group> {
+        let row: Option<GroupRow> = sqlx::query_as(concat!(
+            "UPDATE chat_groups SET access = $1, history = $2 WHERE id = $3 RETURNING ",
+            group_columns!()
+        ))
+        .bind(settings.access.as_str())
+        .bind(settings.history.as_str())
+        .bind(int(id.0))
+        .fetch_optional(self.pool())
+        .await
+        .during("update_group")?;
+        row.ok_or_else(|| Error::not_found(format!("group {id} does not exist")))?
+            .into_group()
+    }
+
     async fn group(&self, id: GroupId) -> Result<Option<Group>> {
-        let row: Option<GroupRow> =
-            sqlx::query_as("SELECT id, name, owner, created_at FROM chat_groups WHERE id = $1")
-                .bind(int(id.0))
-                .fetch_optional(self.pool())
-                .await
-                .during("group")?;
+        let row: Option<GroupRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            group_columns!(),
+            " FROM chat_groups WHERE id = $1"
+        ))
+        .bind(int(id.0))
+        .fetch_optional(self.pool())
+        .await
+        .during("group")?;
         row.map(GroupRow::into_group).transpose()
     }
 
     async fn group_by_name(&self, name: &str) -> Result<Option<Group>> {
-        let row: Option<GroupRow> = sqlx::query_as(
-            "SELECT id, name, owner, created_at FROM chat_groups WHERE canonical = $1",
-        )
+        let row: Option<GroupRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            group_columns!(),
+            " FROM chat_groups WHERE canonical = $1"
+        ))
         .bind(canonical_name(name))
         .fetch_optional(self.pool())
         .await
@@ -315,29 +452,49 @@ impl AccountStore for PostgresStore {
         row.map(GroupRow::into_group).transpose()
     }
 
-    async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool> {
-        self.ensure_group(group, "add_member").await?;
-        self.ensure_user(user, "add_member").await?;
-        let done = sqlx::query(
-            "INSERT INTO group_members (group_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    async fn add_member(&self, group: GroupId, user: UserId, since: Seq) -> Result<bool> {
+        const OPERATION: &str = "add_member";
+        self.ensure_group(group, OPERATION).await?;
+        self.ensure_user(user, OPERATION).await?;
+        let mut tx = self.pool().begin().await.during(OPERATION)?;
+        lock_pair(&mut tx, group, user, OPERATION).await?;
+        // One statement, so one snapshot, taken after the lock: the ban it checks for and the
+        // answer it gives agree, also when an unban commits meanwhile.
+        let outcome: AddRow = sqlx::query_as(
+            "WITH ban AS (SELECT EXISTS (SELECT 1 FROM group_bans \
+                                        WHERE group_id = $1 AND user_id = $2) AS banned), \
+                  added AS (INSERT INTO group_members (group_id, user_id, role, since) \
+                            SELECT $1, $2, 'member', $3 FROM ban WHERE NOT ban.banned \
+                            ON CONFLICT DO NOTHING RETURNING 1) \
+             SELECT ban.banned, EXISTS (SELECT 1 FROM added) AS added FROM ban",
         )
         .bind(int(group.0))
         .bind(int(user.0))
-        .execute(self.pool())
+        .bind(int(since.0))
+        .fetch_one(&mut *tx)
         .await
-        .during("add_member")?;
-        Ok(done.rows_affected() == 1)
+        .during(OPERATION)?;
+        tx.commit().await.during(OPERATION)?;
+        if outcome.banned {
+            return Err(Error::permission_denied(format!(
+                "user {user} is banned from group {group}; unban them first"
+            )));
+        }
+        Ok(outcome.added)
     }
 
     async fn remove_member(&self, group: GroupId, user: UserId) -> Result<bool> {
-        self.ensure_group(group, "remove_member").await?;
-        self.ensure_user(user, "remove_member").await?;
+        const OPERATION: &str = "remove_member";
+        self.ensure_group(group, OPERATION).await?;
+        self.ensure_user(user, OPERATION).await?;
+        self.ensure_not_owner(group, user, "removed", OPERATION)
+            .await?;
         let done = sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2")
             .bind(int(group.0))
             .bind(int(user.0))
             .execute(self.pool())
             .await
-            .during("remove_member")?;
+            .during(OPERATION)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -346,12 +503,12 @@ impl AccountStore for PostgresStore {
         group: GroupId,
         cursor: Option<&Cursor>,
         limit: u32,
-    ) -> Result<Page<UserId>> {
+    ) -> Result<Page<Membership>> {
         let fetch = fetch_size(limit)?;
         let after = id_cursor(cursor, "members")?;
         self.ensure_group(group, "members").await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT user_id FROM group_members WHERE group_id = $1 AND user_id > $2 \
+        let rows: Vec<MemberRow> = sqlx::query_as(
+            "SELECT user_id, role, since FROM group_members WHERE group_id = $1 AND user_id > $2 \
              ORDER BY user_id LIMIT $3",
         )
         .bind(int(group.0))
@@ -360,9 +517,117 @@ impl AccountStore for PostgresStore {
         .fetch_all(self.pool())
         .await
         .during("members")?;
+        let members = rows
+            .into_iter()
+            .map(MemberRow::into_membership)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(into_page(members, limit, |member| member.user.to_string()))
+    }
+
+    async fn membership(&self, group: GroupId, user: UserId) -> Result<Option<Membership>> {
+        let row: Option<MemberRow> = sqlx::query_as(
+            "SELECT user_id, role, since FROM group_members WHERE group_id = $1 AND user_id = $2",
+        )
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .fetch_optional(self.pool())
+        .await
+        .during("membership")?;
+        row.map(MemberRow::into_membership).transpose()
+    }
+
+    async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> Result<()> {
+        const OPERATION: &str = "set_role";
+        if role == Role::Owner {
+            return Err(Error::invalid_input(
+                "a group has one owner, its creator; make the user an admin instead",
+            ));
+        }
+        self.ensure_group(group, OPERATION).await?;
+        self.ensure_user(user, OPERATION).await?;
+        self.ensure_not_owner(group, user, "given another role", OPERATION)
+            .await?;
+        let done = sqlx::query(
+            "UPDATE group_members SET role = $1 WHERE group_id = $2 AND user_id = $3 \
+             AND role <> 'owner'",
+        )
+        .bind(role.as_str())
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .execute(self.pool())
+        .await
+        .during(OPERATION)?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "user {user} is not a member of group {group}"
+            )))
+        }
+    }
+
+    async fn ban(&self, group: GroupId, user: UserId) -> Result<bool> {
+        const OPERATION: &str = "ban";
+        self.ensure_group(group, OPERATION).await?;
+        self.ensure_user(user, OPERATION).await?;
+        self.ensure_not_owner(group, user, "banned", OPERATION)
+            .await?;
+        let mut tx = self.pool().begin().await.during(OPERATION)?;
+        lock_pair(&mut tx, group, user, OPERATION).await?;
+        sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2")
+            .bind(int(group.0))
+            .bind(int(user.0))
+            .execute(&mut *tx)
+            .await
+            .during(OPERATION)?;
+        let done = sqlx::query(
+            "INSERT INTO group_bans (group_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .execute(&mut *tx)
+        .await
+        .during(OPERATION)?;
+        tx.commit().await.during(OPERATION)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unban(&self, group: GroupId, user: UserId) -> Result<bool> {
+        // No lock: an add racing the unban either sees the ban (and refuses) or does not (and
+        // adds); both are right, and its answer is from one snapshot.
+        self.ensure_group(group, "unban").await?;
+        self.ensure_user(user, "unban").await?;
+        let done = sqlx::query("DELETE FROM group_bans WHERE group_id = $1 AND user_id = $2")
+            .bind(int(group.0))
+            .bind(int(user.0))
+            .execute(self.pool())
+            .await
+            .during("unban")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn bans(
+        &self,
+        group: GroupId,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<UserId>> {
+        let fetch = fetch_size(limit)?;
+        let after = id_cursor(cursor, "bans")?;
+        self.ensure_group(group, "bans").await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT user_id FROM group_bans WHERE group_id = $1 AND user_id > $2 \
+             ORDER BY user_id LIMIT $3",
+        )
+        .bind(int(group.0))
+        .bind(int(after))
+        .bind(fetch)
+        .fetch_all(self.pool())
+        .await
+        .during("bans")?;
         let ids = ids
             .into_iter()
-            .map(|id| unsigned(id, "group_members.user_id").map(UserId))
+            .map(|id| unsigned(id, "group_bans.user_id").map(UserId))
             .collect::<Result<Vec<_>>>()?;
         Ok(into_page(ids, limit, UserId::to_string))
     }
@@ -370,7 +635,7 @@ impl AccountStore for PostgresStore {
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>> {
         self.ensure_user(user, "user_groups").await?;
         let rows: Vec<GroupRow> = sqlx::query_as(
-            "SELECT g.id, g.name, g.owner, g.created_at \
+            "SELECT g.id, g.name, g.owner, g.created_at, g.access, g.history \
              FROM group_members m JOIN chat_groups g ON g.id = m.group_id \
              WHERE m.user_id = $1 ORDER BY g.id",
         )
@@ -390,5 +655,18 @@ impl AccountStore for PostgresStore {
                 .await
                 .during("is_member")?;
         Ok(found.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_lock_keys_are_the_low_31_bits_of_the_id() {
+        assert_eq!(pair_lock_key(7), 7);
+        assert_eq!(pair_lock_key(0x7fff_ffff), i32::MAX);
+        assert_eq!(pair_lock_key(0x8000_0005), 5, "ids 2^31 apart share a key");
+        assert_eq!(pair_lock_key(u64::MAX), i32::MAX);
     }
 }

@@ -4,7 +4,10 @@
 //! going in saturate at `i64::MAX`: no stored id or sequence ever gets there, so a larger
 //! argument still compares correctly (it finds nothing, or bounds nothing). Values coming out
 //! must be non-negative; anything else means the schema was not written by this backend, an
-//! [`Internal`](cim_core::ErrorKind::Internal) error.
+//! [`Internal`](cim_core::ErrorKind::Internal) error. Closed sets of values (a member's role, a
+//! group's access and history) are stored as their stable lower-case names, `TEXT` rather than
+//! an enum type, so that adding a value needs no `ALTER TYPE`; a name this backend does not know
+//! is an `Internal` error the same way.
 
 use cim_core::{ConversationId, Error, Recipient, Result};
 
@@ -16,6 +19,16 @@ pub(crate) fn int(value: u64) -> i64 {
 /// A stored integer as a `u64`; `column` names it in the error.
 pub(crate) fn unsigned(value: i64, column: &str) -> Result<u64> {
     u64::try_from(value).map_err(|_| corrupt(format!("column {column} holds {value}")))
+}
+
+/// A stored lower-case name read back with `parse` (e.g. [`Role::parse`](cim_core::Role::parse));
+/// `column` names it in the error.
+pub(crate) fn named<T>(
+    value: &str,
+    column: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T> {
+    parse(value).ok_or_else(|| corrupt(format!("column {column} holds {value:?}")))
 }
 
 /// The `(to_kind, to_id)` columns of a recipient.
@@ -72,6 +85,12 @@ mod tests {
         );
         assert_eq!(
             conversation("x:1").expect_err("text").kind(),
+            ErrorKind::Internal
+        );
+        assert_eq!(
+            named("root", "group_members.role", cim_core::Role::parse)
+                .expect_err("role")
+                .kind(),
             ErrorKind::Internal
         );
     }

@@ -7,7 +7,17 @@
 //! order is byte order) with `ZRANGEBYLEX` from the prefix, stopping at the first name that no
 //! longer starts with it: the cost is the page, not the number of users.
 //!
-//! Keys, with `p = {ns}:acct:` (ids in decimal; zero-padded to 20 digits in sorted sets):
+//! Every change to a group's members is one Lua script that checks the group, the user, the
+//! owner and the bans and then writes, so the checks and the change are one step: a ban and an
+//! add racing each other are ordered by Redis, and a banned user is never left a member. A
+//! member's role and `since` live in a hash beside the sorted set of members rather than in it,
+//! so that the sorted set stays the paging index and [`is_member`](AccountStore::is_member)
+//! stays one `ZSCORE`. Data written before roles, settings and bans existed has no `access` or
+//! `history` field and no member info: it reads as an open group with its full history, whose
+//! members (its `owner` field aside, who is the owner) are plain members since 1.
+//!
+//! Keys, with `p = {ns}:acct:` (ids in decimal; zero-padded to 20 digits in sorted sets and in
+//! `member_info`):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -15,9 +25,11 @@
 //! | `p user:{id}` | hash | `name`, `created`, `phc` |
 //! | `p user_names` | hash | canonical name -> user id |
 //! | `p user_index` | sorted set | canonical user names, for prefix search |
-//! | `p group:{id}` | hash | `name`, `owner`, `created` |
+//! | `p group:{id}` | hash | `name`, `owner`, `created`, `access`, `history` (missing: `open`, `full`) |
 //! | `p group_names` | hash | canonical name -> group id |
-//! | `p members:{group}` | sorted set | padded user ids |
+//! | `p members:{group}` | sorted set | padded user ids, the paging index of members |
+//! | `p member_info:{group}` | hash | padded user id -> `role:since` (missing: `member:1`, or `owner:1` for the owner) |
+//! | `p bans:{group}` | sorted set | padded ids of the users banned from the group |
 //! | `p groups_of:{user}` | sorted set | padded group ids |
 
 use std::sync::Arc;
@@ -25,8 +37,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cim_core::registry::{AccountStoreFactory, BackendOptions, BuildFuture};
 use cim_core::{
-    AccountCapabilities, AccountStore, Cursor, Error, Group, GroupId, NewGroup, NewUser, Page,
-    PasswordHash, Result, Timestamp, User, UserId, canonical_name,
+    AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
+    GroupSettings, Membership, NewGroup, NewUser, Page, PasswordHash, Result, Role, Seq, Timestamp,
+    User, UserId, canonical_name,
 };
 use redis::Script;
 
@@ -71,62 +84,158 @@ end
 return out
 "#;
 
-/// ARGV: p, canonical, name, owner, created. Returns the new id, 0 if the name is taken, -1 if
-/// the owner does not exist.
+/// ARGV: p, canonical, name, owner, created, access, history. Returns the new id, 0 if the name
+/// is taken, -1 if the owner does not exist.
 const CREATE_GROUP: &str = r#"
 local p, canon, name, owner, created = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('EXISTS', p .. 'user:' .. owner) == 0 then return -1 end
 if redis.call('HEXISTS', p .. 'group_names', canon) == 1 then return 0 end
 local id = redis.call('INCR', p .. 'next_group')
-redis.call('HSET', p .. 'group:' .. id, 'name', name, 'owner', owner, 'created', created)
+redis.call('HSET', p .. 'group:' .. id, 'name', name, 'owner', owner, 'created', created,
+  'access', ARGV[6], 'history', ARGV[7])
 redis.call('HSET', p .. 'group_names', canon, id)
-redis.call('ZADD', p .. 'members:' .. id, 0, string.format('%020d', tonumber(owner)))
+local po = string.format('%020d', tonumber(owner))
+redis.call('ZADD', p .. 'members:' .. id, 0, po)
+redis.call('HSET', p .. 'member_info:' .. id, po, 'owner:1')
 redis.call('ZADD', p .. 'groups_of:' .. owner, 0, string.format('%020d', id))
 return id
 "#;
 
-/// ARGV: p, canonical. Returns {id, name, owner, created} or {}.
+/// ARGV: p, group, access, history. Returns {name, owner, created, access, history} as it is
+/// now, or {} if the group does not exist.
+const UPDATE_GROUP: &str = r#"
+local p, gid = ARGV[1], ARGV[2]
+local key = p .. 'group:' .. gid
+if redis.call('EXISTS', key) == 0 then return {} end
+redis.call('HSET', key, 'access', ARGV[3], 'history', ARGV[4])
+local g = redis.call('HMGET', key, 'name', 'owner', 'created', 'access', 'history')
+return {g[1] or '', g[2] or '', g[3] or '', g[4] or '', g[5] or ''}
+"#;
+
+/// ARGV: p, canonical. Returns {id, name, owner, created, access, history} ('' for a missing
+/// setting) or {}.
 const GROUP_BY_NAME: &str = r#"
 local p = ARGV[1]
 local id = redis.call('HGET', p .. 'group_names', ARGV[2])
 if not id then return {} end
-local g = redis.call('HMGET', p .. 'group:' .. id, 'name', 'owner', 'created')
+local g = redis.call('HMGET', p .. 'group:' .. id, 'name', 'owner', 'created', 'access', 'history')
 if not g[1] then return {} end
-return {id, g[1], g[2], g[3]}
+return {id, g[1], g[2] or '', g[3] or '', g[4] or '', g[5] or ''}
 "#;
 
-/// ARGV: p, group, user, padded group, padded user, 'add' | 'remove'. Returns 1 changed, 0 not,
-/// -1 no such group, -2 no such user.
-const MEMBERSHIP: &str = r#"
-local p, gid, uid, pg, pu, op = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if redis.call('EXISTS', p .. 'group:' .. gid) == 0 then return -1 end
+/// The checks every membership change starts with, as a Lua prelude over ARGV p, group, user:
+/// -1 for no such group, -2 for no such user; `owner` is the group's owner (decimal).
+const CHECKED: &str = r#"
+local p, gid, uid = ARGV[1], ARGV[2], ARGV[3]
+local owner = redis.call('HGET', p .. 'group:' .. gid, 'owner')
+if not owner then return -1 end
 if redis.call('EXISTS', p .. 'user:' .. uid) == 0 then return -2 end
-if op == 'add' then
-  redis.call('ZADD', p .. 'groups_of:' .. uid, 0, pg)
-  return redis.call('ZADD', p .. 'members:' .. gid, 0, pu)
+"#;
+
+/// ARGV: p, group, user, padded group, padded user, since. Returns 1 added, 0 a member already,
+/// -1 no such group, -2 no such user, -3 banned.
+const ADD_MEMBER: &str = r#"
+local pg, pu, since = ARGV[4], ARGV[5], ARGV[6]
+if redis.call('ZSCORE', p .. 'bans:' .. gid, pu) then return -3 end
+if redis.call('ZADD', p .. 'members:' .. gid, 'NX', 0, pu) == 0 then return 0 end
+-- Only data older than roles lacks the owner among the members; they come back as the owner.
+local role = 'member'
+if owner == uid then role = 'owner' end
+redis.call('HSET', p .. 'member_info:' .. gid, pu, role .. ':' .. since)
+redis.call('ZADD', p .. 'groups_of:' .. uid, 0, pg)
+return 1
+"#;
+
+/// Defines, after the checked prelude, `remove(pg, pu)`: takes user `uid` (padded `pu`) out of
+/// group `gid` (padded `pg`) and answers the number of members removed (0 or 1).
+const REMOVE: &str = r#"
+local function remove(pg, pu)
+  redis.call('ZREM', p .. 'groups_of:' .. uid, pg)
+  redis.call('HDEL', p .. 'member_info:' .. gid, pu)
+  return redis.call('ZREM', p .. 'members:' .. gid, pu)
 end
-redis.call('ZREM', p .. 'groups_of:' .. uid, pg)
-return redis.call('ZREM', p .. 'members:' .. gid, pu)
+"#;
+
+/// ARGV: p, group, user, padded group, padded user. Returns 1 removed, 0 not a member, -1 no
+/// such group, -2 no such user, -3 the owner.
+const REMOVE_MEMBER: &str = r#"
+if owner == uid then return -3 end
+return remove(ARGV[4], ARGV[5])
+"#;
+
+/// ARGV: p, group, user, padded group, padded user. Removes the user if a member and records the
+/// ban. Returns 1 banned, 0 banned already, -1 no such group, -2 no such user, -3 the owner.
+const BAN: &str = r#"
+if owner == uid then return -3 end
+remove(ARGV[4], ARGV[5])
+return redis.call('ZADD', p .. 'bans:' .. gid, 0, ARGV[5])
+"#;
+
+/// ARGV: p, group, user, padded user. Returns 1 lifted, 0 not banned, -1 no such group, -2 no
+/// such user.
+const UNBAN: &str = r#"
+return redis.call('ZREM', p .. 'bans:' .. gid, ARGV[4])
+"#;
+
+/// ARGV: p, group, user, padded user, role (member | admin). Keeps the member's `since`.
+/// Returns 1 changed, -1 no such group, -2 no such user, -3 the owner, -4 not a member.
+const SET_ROLE: &str = r#"
+local pu, role = ARGV[4], ARGV[5]
+if owner == uid then return -3 end
+if not redis.call('ZSCORE', p .. 'members:' .. gid, pu) then return -4 end
+local info = p .. 'member_info:' .. gid
+local since = '1'
+local old = redis.call('HGET', info, pu)
+if old then since = string.match(old, ':(.*)$') or '1' end
+redis.call('HSET', info, pu, role .. ':' .. since)
+return 1
+"#;
+
+/// ARGV: p, group, padded user. Returns {owner, role:since ('' if not stored)} for a member, {}
+/// for anyone else and for a missing group.
+const MEMBERSHIP: &str = r#"
+local p, gid, pu = ARGV[1], ARGV[2], ARGV[3]
+if not redis.call('ZSCORE', p .. 'members:' .. gid, pu) then return {} end
+local owner = redis.call('HGET', p .. 'group:' .. gid, 'owner')
+if not owner then return {} end
+return {owner, redis.call('HGET', p .. 'member_info:' .. gid, pu) or ''}
+"#;
+
+/// ARGV: p, group, start ('-' or '(padded'), count. Returns -1 for no such group, else
+/// {owner, {padded user, role:since ('' if not stored)}*}.
+const MEMBERS: &str = r#"
+local p, gid = ARGV[1], ARGV[2]
+local owner = redis.call('HGET', p .. 'group:' .. gid, 'owner')
+if not owner then return -1 end
+local ids = redis.call('ZRANGEBYLEX', p .. 'members:' .. gid, ARGV[3], '+', 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {owner}
+for _, pu in ipairs(ids) do
+  table.insert(out, pu); table.insert(out, redis.call('HGET', p .. 'member_info:' .. gid, pu) or '')
+end
+return out
 "#;
 
 /// ARGV: p, group, start ('-' or '(padded'), count. Returns -1 for no such group, else padded
 /// user ids.
-const MEMBERS: &str = r#"
+const BANS: &str = r#"
 local p = ARGV[1]
 if redis.call('EXISTS', p .. 'group:' .. ARGV[2]) == 0 then return -1 end
-return redis.call('ZRANGEBYLEX', p .. 'members:' .. ARGV[2], ARGV[3], '+', 'LIMIT', 0, tonumber(ARGV[4]))
+return redis.call('ZRANGEBYLEX', p .. 'bans:' .. ARGV[2], ARGV[3], '+', 'LIMIT', 0, tonumber(ARGV[4]))
 "#;
 
-/// ARGV: p, user. Returns -1 for no such user, else {id, name, owner, created}* by group id.
+/// ARGV: p, user. Returns -1 for no such user, else {id, name, owner, created, access,
+/// history}* by group id ('' for a missing setting).
 const USER_GROUPS: &str = r#"
 local p = ARGV[1]
 if redis.call('EXISTS', p .. 'user:' .. ARGV[2]) == 0 then return -1 end
 local out = {}
 for _, pg in ipairs(redis.call('ZRANGE', p .. 'groups_of:' .. ARGV[2], 0, -1)) do
   local id = tostring(tonumber(pg))
-  local g = redis.call('HMGET', p .. 'group:' .. id, 'name', 'owner', 'created')
+  local g = redis.call('HMGET', p .. 'group:' .. id, 'name', 'owner', 'created', 'access', 'history')
   if g[1] then
-    table.insert(out, id); table.insert(out, g[1]); table.insert(out, g[2]); table.insert(out, g[3])
+    for _, field in ipairs({id, g[1], g[2] or '', g[3] or '', g[4] or '', g[5] or ''}) do
+      table.insert(out, field)
+    end
   end
 end
 return out
@@ -153,10 +262,26 @@ struct Scripts {
     user_by_name: Script,
     search: Script,
     create_group: Script,
+    update_group: Script,
     group_by_name: Script,
+    add_member: Script,
+    remove_member: Script,
+    ban: Script,
+    unban: Script,
+    set_role: Script,
     membership: Script,
     members: Script,
+    bans: Script,
     user_groups: Script,
+}
+
+/// A membership change: the checked prelude, then `parts`.
+fn checked(parts: &[&str]) -> Script {
+    let mut source = CHECKED.to_string();
+    for part in parts {
+        source.push_str(part);
+    }
+    Script::new(&source)
 }
 
 /// An [`AccountStore`] in Redis, shared by every node of a cluster. Prefix search and groups
@@ -187,9 +312,16 @@ impl RedisAccountStore {
                 user_by_name: Script::new(USER_BY_NAME),
                 search: Script::new(SEARCH),
                 create_group: Script::new(CREATE_GROUP),
+                update_group: Script::new(UPDATE_GROUP),
                 group_by_name: Script::new(GROUP_BY_NAME),
+                add_member: checked(&[ADD_MEMBER]),
+                remove_member: checked(&[REMOVE, REMOVE_MEMBER]),
+                ban: checked(&[REMOVE, BAN]),
+                unban: checked(&[UNBAN]),
+                set_role: checked(&[SET_ROLE]),
                 membership: Script::new(MEMBERSHIP),
                 members: Script::new(MEMBERS),
+                bans: Script::new(BANS),
                 user_groups: Script::new(USER_GROUPS),
             },
         })
@@ -214,22 +346,35 @@ impl RedisAccountStore {
         }
     }
 
-    async fn membership(&self, group: GroupId, user: UserId, op: &str) -> Result<bool> {
-        let outcome: i64 = self
-            .scripts
-            .membership
-            .arg(&self.prefix)
-            .arg(group.0)
-            .arg(user.0)
-            .arg(padded(group.0))
-            .arg(padded(user.0))
-            .arg(op)
+    /// Runs a membership-change `script` (ARGV p, group, user, then `rest`) as `operation`,
+    /// turning the checks' answers into errors: -1 and -2 `NotFound`, -3 `what` refused for the
+    /// owner, -4 not a member; otherwise whether anything changed.
+    async fn change(
+        &self,
+        script: &Script,
+        operation: &'static str,
+        (group, user): (GroupId, UserId),
+        rest: &[String],
+        what: &str,
+    ) -> Result<bool> {
+        let mut invocation = script.arg(&self.prefix);
+        invocation.arg(group.0).arg(user.0);
+        for arg in rest {
+            invocation.arg(arg);
+        }
+        let outcome: i64 = invocation
             .invoke_async(&mut self.redis.conn())
             .await
-            .map_err(|e| convert(e, "change group membership"))?;
+            .map_err(|e| convert(e, operation))?;
         match outcome {
             -1 => Err(no_group(group)),
             -2 => Err(no_user(user)),
+            -3 => Err(Error::invalid_input(format!(
+                "user {user} owns group {group} and cannot be {what}"
+            ))),
+            -4 => Err(Error::not_found(format!(
+                "user {user} is not a member of group {group}"
+            ))),
             changed => Ok(changed == 1),
         }
     }
@@ -260,12 +405,52 @@ fn user(id: &str, name: &str, created: &str) -> Result<User> {
     })
 }
 
-fn group(id: &str, name: &str, owner: &str, created: &str) -> Result<Group> {
+/// A group from its stored fields, in the order `id, name, owner, created, access, history`;
+/// an empty (never written) `access` or `history` is the default, open and full.
+fn group(fields: &[String]) -> Result<Group> {
+    let [id, name, owner, created, access, history] = fields else {
+        return Err(malformed("group"));
+    };
     Ok(Group {
         id: GroupId(number(id, "group")?),
-        name: name.to_string(),
+        name: name.clone(),
         owner: UserId(number(owner, "group")?),
         created_at: Timestamp(number(created, "group")?),
+        access: setting(access, GroupAccess::parse, "group access")?,
+        history: setting(history, GroupHistory::parse, "group history")?,
+    })
+}
+
+/// A group setting from its stored name; the default if it was never written.
+fn setting<T: Default>(stored: &str, parse: fn(&str) -> Option<T>, what: &str) -> Result<T> {
+    if stored.is_empty() {
+        return Ok(T::default());
+    }
+    parse(stored).ok_or_else(|| malformed(what))
+}
+
+/// The membership of `user` from its stored `role:since`; an empty one (a member added before
+/// roles existed) is the owner if `user` is `owner`, a member otherwise, since 1.
+fn membership(user: UserId, info: &str, owner: UserId) -> Result<Membership> {
+    if info.is_empty() {
+        let role = if user == owner {
+            Role::Owner
+        } else {
+            Role::Member
+        };
+        return Ok(Membership {
+            user,
+            role,
+            since: Seq(1),
+        });
+    }
+    let (role, since) = info
+        .split_once(':')
+        .ok_or_else(|| malformed("member info"))?;
+    Ok(Membership {
+        user,
+        role: Role::parse(role).ok_or_else(|| malformed("member role"))?,
+        since: Seq(number(since, "member since")?),
     })
 }
 
@@ -278,6 +463,34 @@ fn page_size(limit: u32) -> Result<(usize, u64)> {
         usize::try_from(limit).unwrap_or(usize::MAX),
         u64::from(limit) + 1,
     ))
+}
+
+/// Where a `ZRANGEBYLEX` over padded user ids starts after `cursor` (the last user id of the
+/// previous page, as `what` returned it).
+fn user_id_start(cursor: Option<&Cursor>, what: &str) -> Result<String> {
+    match cursor {
+        Some(Cursor(last)) => {
+            let last = last.parse::<u64>().map_err(|_| {
+                Error::invalid_input(format!(
+                    "cursor {last:?} was not returned by {what}; pass back the previous page's \
+                     cursor, or none for the first page"
+                ))
+            })?;
+            Ok(format!("({}", padded(last)))
+        }
+        None => Ok("-".to_string()),
+    }
+}
+
+/// `items`, fetched one more than `limit`, as a page whose cursor is the last item's user id.
+fn page_by_user<T>(mut items: Vec<T>, limit: usize, user: impl Fn(&T) -> UserId) -> Page<T> {
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|last| Cursor(user(last).to_string()))
+    } else {
+        None
+    };
+    Page { items, next }
 }
 
 #[async_trait]
@@ -379,6 +592,7 @@ impl AccountStore for RedisAccountStore {
 
     async fn create_group(&self, new: NewGroup) -> Result<Group> {
         let created_at = Timestamp::now();
+        let settings = new.group_settings();
         let id: i64 = self
             .scripts
             .create_group
@@ -387,6 +601,8 @@ impl AccountStore for RedisAccountStore {
             .arg(new.name())
             .arg(new.owner().0)
             .arg(created_at.0)
+            .arg(settings.access.as_str())
+            .arg(settings.history.as_str())
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "create group"))?;
@@ -404,25 +620,43 @@ impl AccountStore for RedisAccountStore {
                 name: new.name().to_string(),
                 owner: new.owner(),
                 created_at,
+                access: settings.access,
+                history: settings.history,
             }),
         }
     }
 
+    async fn update_group(&self, id: GroupId, settings: GroupSettings) -> Result<Group> {
+        let mut fields: Vec<String> = self
+            .scripts
+            .update_group
+            .arg(&self.prefix)
+            .arg(id.0)
+            .arg(settings.access.as_str())
+            .arg(settings.history.as_str())
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "update group"))?;
+        if fields.is_empty() {
+            return Err(no_group(id));
+        }
+        fields.insert(0, id.to_string());
+        group(&fields)
+    }
+
     async fn group(&self, id: GroupId) -> Result<Option<Group>> {
-        let fields: (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
+        let fields: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(format!("{}group:{}", self.prefix, id.0))
-            .arg("name")
-            .arg("owner")
-            .arg("created")
+            .arg(&["name", "owner", "created", "access", "history"])
             .query_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "get group"))?;
-        match fields {
-            (Some(name), Some(owner), Some(created)) => {
-                Ok(Some(group(&id.to_string(), &name, &owner, &created)?))
-            }
-            _ => Ok(None),
+        if fields.first().is_none_or(Option::is_none) {
+            return Ok(None);
         }
+        let mut row = vec![id.to_string()];
+        row.extend(fields.into_iter().map(Option::unwrap_or_default));
+        group(&row).map(Some)
     }
 
     async fn group_by_name(&self, name: &str) -> Result<Option<Group>> {
@@ -434,19 +668,44 @@ impl AccountStore for RedisAccountStore {
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "find group"))?;
-        match reply.as_slice() {
-            [] => Ok(None),
-            [id, name, owner, created] => Ok(Some(group(id, name, owner, created)?)),
-            _ => Err(malformed("group")),
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        group(&reply).map(Some)
+    }
+
+    async fn add_member(&self, group: GroupId, user: UserId, since: Seq) -> Result<bool> {
+        let outcome: i64 = self
+            .scripts
+            .add_member
+            .arg(&self.prefix)
+            .arg(group.0)
+            .arg(user.0)
+            .arg(padded(group.0))
+            .arg(padded(user.0))
+            .arg(since.0)
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "add group member"))?;
+        match outcome {
+            -1 => Err(no_group(group)),
+            -2 => Err(no_user(user)),
+            -3 => Err(Error::permission_denied(format!(
+                "user {user} is banned from group {group}; unban them first"
+            ))),
+            added => Ok(added == 1),
         }
     }
 
-    async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool> {
-        self.membership(group, user, "add").await
-    }
-
     async fn remove_member(&self, group: GroupId, user: UserId) -> Result<bool> {
-        self.membership(group, user, "remove").await
+        self.change(
+            &self.scripts.remove_member,
+            "remove group member",
+            (group, user),
+            &[padded(group.0), padded(user.0)],
+            "removed",
+        )
+        .await
     }
 
     async fn members(
@@ -454,20 +713,9 @@ impl AccountStore for RedisAccountStore {
         group: GroupId,
         cursor: Option<&Cursor>,
         limit: u32,
-    ) -> Result<Page<UserId>> {
+    ) -> Result<Page<Membership>> {
         let (limit, fetch) = page_size(limit)?;
-        let start = match cursor {
-            Some(Cursor(last)) => {
-                let last = last.parse::<u64>().map_err(|_| {
-                    Error::invalid_input(format!(
-                        "cursor {last:?} was not returned by members; pass back the previous \
-                         page's cursor, or none for the first page"
-                    ))
-                })?;
-                format!("({}", padded(last))
-            }
-            None => "-".to_string(),
-        };
+        let start = user_id_start(cursor, "members")?;
         let reply: redis::Value = self
             .scripts
             .members
@@ -481,19 +729,108 @@ impl AccountStore for RedisAccountStore {
         if let redis::Value::Int(-1) = reply {
             return Err(no_group(group));
         }
-        let ids: Vec<String> =
+        let reply: Vec<String> =
             redis::FromRedisValue::from_redis_value(reply).map_err(|_| malformed("member list"))?;
-        let mut items = ids
-            .iter()
-            .map(|id| number(id, "member").map(UserId))
+        let (owner, rows) = reply
+            .split_first()
+            .ok_or_else(|| malformed("member list"))?;
+        let owner = UserId(number(owner, "group owner")?);
+        let items = rows
+            .chunks(2)
+            .map(|row| match row {
+                [id, info] => membership(UserId(number(id, "member")?), info, owner),
+                _ => Err(malformed("member list")),
+            })
             .collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|last| Cursor(last.to_string()))
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(page_by_user(items, limit, |member| member.user))
+    }
+
+    async fn membership(&self, group: GroupId, user: UserId) -> Result<Option<Membership>> {
+        let reply: Vec<String> = self
+            .scripts
+            .membership
+            .arg(&self.prefix)
+            .arg(group.0)
+            .arg(padded(user.0))
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "get group membership"))?;
+        match reply.as_slice() {
+            [] => Ok(None),
+            [owner, info] => {
+                membership(user, info, UserId(number(owner, "group owner")?)).map(Some)
+            }
+            _ => Err(malformed("member info")),
+        }
+    }
+
+    async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> Result<()> {
+        if role == Role::Owner {
+            return Err(Error::invalid_input(
+                "a group has one owner, its creator; make the user an admin instead",
+            ));
+        }
+        self.change(
+            &self.scripts.set_role,
+            "set member role",
+            (group, user),
+            &[padded(user.0), role.as_str().to_string()],
+            "given another role",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn ban(&self, group: GroupId, user: UserId) -> Result<bool> {
+        self.change(
+            &self.scripts.ban,
+            "ban from group",
+            (group, user),
+            &[padded(group.0), padded(user.0)],
+            "banned",
+        )
+        .await
+    }
+
+    async fn unban(&self, group: GroupId, user: UserId) -> Result<bool> {
+        self.change(
+            &self.scripts.unban,
+            "unban from group",
+            (group, user),
+            &[padded(user.0)],
+            "unbanned",
+        )
+        .await
+    }
+
+    async fn bans(
+        &self,
+        group: GroupId,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<UserId>> {
+        let (limit, fetch) = page_size(limit)?;
+        let start = user_id_start(cursor, "bans")?;
+        let reply: redis::Value = self
+            .scripts
+            .bans
+            .arg(&self.prefix)
+            .arg(group.0)
+            .arg(start)
+            .arg(fetch)
+            .invoke_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "list bans"))?;
+        if let redis::Value::Int(-1) = reply {
+            return Err(no_group(group));
+        }
+        let ids: Vec<String> =
+            redis::FromRedisValue::from_redis_value(reply).map_err(|_| malformed("ban list"))?;
+        let items = ids
+            .iter()
+            .map(|id| number(id, "ban").map(UserId))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page_by_user(items, limit, |user| *user))
     }
 
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>> {
@@ -510,12 +847,7 @@ impl AccountStore for RedisAccountStore {
         }
         let rows: Vec<String> =
             redis::FromRedisValue::from_redis_value(reply).map_err(|_| malformed("group list"))?;
-        rows.chunks(4)
-            .map(|row| match row {
-                [id, name, owner, created] => group(id, name, owner, created),
-                _ => Err(malformed("group")),
-            })
-            .collect()
+        rows.chunks(6).map(group).collect()
     }
 
     async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {

@@ -185,7 +185,11 @@ impl RouteApi {
             .http
             .post(format!("{}/api/v1/groups", self.base))
             .bearer_auth(token)
-            .json(&CreateGroupRequest { name: name.into() })
+            .json(&CreateGroupRequest {
+                name: name.into(),
+                access: Default::default(),
+                history: Default::default(),
+            })
             .send()
             .await
             .context("creating a group")?;

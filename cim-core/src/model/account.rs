@@ -1,10 +1,10 @@
-//! Users, groups and password hashes.
+//! Users: the account as stored, and a new one to create.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{GroupId, NameRules, PasswordHash, Timestamp, UserId, canonical_name};
+use super::{NameRules, PasswordHash, Timestamp, UserId, canonical_name};
 use crate::Result;
 
 /// A user account as stored (without its password hash).
@@ -15,19 +15,6 @@ pub struct User {
     /// The name as the user typed it (NFC).
     pub name: String,
     /// When the account was created.
-    pub created_at: Timestamp,
-}
-
-/// A group as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
-    /// The group's id.
-    pub id: GroupId,
-    /// The group's name (unique, same rules as user names).
-    pub name: String,
-    /// The user who created the group.
-    pub owner: UserId,
-    /// When the group was created.
     pub created_at: Timestamp,
 }
 
@@ -75,41 +62,6 @@ impl fmt::Debug for NewUser {
         f.debug_struct("NewUser")
             .field("name", &self.name)
             .finish_non_exhaustive()
-    }
-}
-
-/// A validated new group.
-#[derive(Debug, Clone)]
-pub struct NewGroup {
-    name: String,
-    canonical: String,
-    owner: UserId,
-}
-
-impl NewGroup {
-    /// Validates the group `name`; `owner` becomes the group's first member.
-    pub fn new(name: &str, owner: UserId, rules: &NameRules) -> Result<Self> {
-        let name = rules.validate("group name", name)?;
-        Ok(NewGroup {
-            canonical: canonical_name(&name),
-            name,
-            owner,
-        })
-    }
-
-    /// The name to store and show (NFC).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The canonical name, the uniqueness key.
-    pub fn canonical_name(&self) -> &str {
-        &self.canonical
-    }
-
-    /// The creator, and first member.
-    pub fn owner(&self) -> UserId {
-        self.owner
     }
 }
 

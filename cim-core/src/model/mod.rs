@@ -5,6 +5,7 @@
 
 mod account;
 mod conversation;
+mod group;
 mod ids;
 mod message;
 mod name;
@@ -13,8 +14,9 @@ mod password;
 mod server;
 mod session;
 
-pub use account::{Group, NewGroup, NewUser, User};
+pub use account::{NewUser, User};
 pub use conversation::{ConversationId, Recipient};
+pub use group::{Group, GroupAccess, GroupHistory, GroupSettings, Membership, NewGroup, Role};
 pub use ids::{ConnectionId, GroupId, MessageId, ScheduledId, Seq, ServerId, Timestamp, UserId};
 pub use message::{Appended, HistoryQuery, NewMessage, ScheduledMessage, StoredMessage};
 pub use name::{NameRules, canonical_name};

@@ -76,8 +76,10 @@ pub(crate) struct HistoryParams {
 }
 
 /// A slice of a conversation's history, in ascending sequence order (see [`HistoryQuery`] for
-/// which slice). The caller must be one of its two users, or a member of its group. Page
-/// backwards with `before` = the first item's `seq`, forwards with `after` = the last one's.
+/// which slice). The caller must be one of its two users, or a member of its group; in a
+/// group that shows new members only what follows their joining, what came before is left
+/// out (a page may then hold fewer messages than asked, or none). Page backwards with
+/// `before` = the first item's `seq`, forwards with `after` = the last one's.
 pub(crate) async fn history(
     State(state): State<SharedState>,
     Auth(caller): Auth,
@@ -85,7 +87,7 @@ pub(crate) async fn history(
     QueryParams(params): QueryParams<HistoryParams>,
 ) -> ApiResult<Json<PageOf<MessageView>>> {
     let conversation: ConversationId = id.parse()?;
-    access::require_reader(&state, caller.user_id, conversation).await?;
+    let first = access::require_reader(&state, caller.user_id, conversation).await?;
     let query = HistoryQuery {
         before: params.before.map(Seq),
         after: params.after.map(Seq),
@@ -93,7 +95,11 @@ pub(crate) async fn history(
     };
     let messages = state.stores.messages.history(conversation, query).await?;
     Ok(Json(views::page(
-        messages.iter().map(views::message).collect(),
+        messages
+            .iter()
+            .filter(|message| message.seq >= first)
+            .map(views::message)
+            .collect(),
         None,
     )))
 }
@@ -106,19 +112,35 @@ pub(crate) struct SearchParams {
     limit: Option<u32>,
 }
 
-/// The messages the caller can see whose body contains every word of `q`, newest first.
+/// The messages the caller can see whose body contains every word of `q`, newest first. What
+/// a group shows only to those who were there is left out for later members, so a page may
+/// hold fewer messages than asked (or none): continue while `next_cursor` is set.
 pub(crate) async fn search(
     State(state): State<SharedState>,
     Auth(caller): Auth,
     QueryParams(params): QueryParams<SearchParams>,
 ) -> ApiResult<Json<PageOf<MessageView>>> {
     let limit = state.page_limit(params.limit)?;
-    let groups = access::readable_groups(&state, caller.user_id).await?;
+    let readable = access::readable_groups(&state, caller.user_id).await?;
+    let groups: Vec<GroupId> = readable.iter().map(|(group, _)| *group).collect();
     let cursor = params.cursor.map(Cursor);
     let page = state
         .stores
         .messages
         .search(caller.user_id, &groups, &params.q, cursor.as_ref(), limit)
         .await?;
-    Ok(Json(views::page_of(page, views::message)))
+    let visible = |message: &&cim_core::StoredMessage| match message.conversation {
+        ConversationId::Group(group) if message.sender != caller.user_id => readable
+            .iter()
+            .find(|(readable, _)| *readable == group)
+            .is_some_and(|(_, first)| message.seq >= *first),
+        _ => true,
+    };
+    let items = page
+        .items
+        .iter()
+        .filter(visible)
+        .map(views::message)
+        .collect();
+    Ok(Json(views::page(items, page.next)))
 }

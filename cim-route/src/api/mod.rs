@@ -49,12 +49,21 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         get("/api/v1/conversations/{id}/messages", messages::history),
         get("/api/v1/groups", groups::find),
         post("/api/v1/groups", groups::create),
+        get("/api/v1/groups/{id}", groups::get),
+        patch("/api/v1/groups/{id}", groups::update),
         get("/api/v1/groups/{id}/members", groups::members),
         post("/api/v1/groups/{id}/members", groups::add_member),
         delete(
             "/api/v1/groups/{id}/members/{user_id}",
             groups::remove_member,
         ),
+        put(
+            "/api/v1/groups/{id}/members/{user_id}/role",
+            groups::set_role,
+        ),
+        get("/api/v1/groups/{id}/bans", groups::bans),
+        post("/api/v1/groups/{id}/bans", groups::ban),
+        delete("/api/v1/groups/{id}/bans/{user_id}", groups::unban),
         get("/api/v1/servers", servers::list),
     ]
 }
@@ -80,6 +89,30 @@ where
         method: "post",
         path,
         handler: routing::post(handler),
+    }
+}
+
+fn patch<H, T>(path: &'static str, handler: H) -> Endpoint
+where
+    H: Handler<T, SharedState>,
+    T: 'static,
+{
+    Endpoint {
+        method: "patch",
+        path,
+        handler: routing::patch(handler),
+    }
+}
+
+fn put<H, T>(path: &'static str, handler: H) -> Endpoint
+where
+    H: Handler<T, SharedState>,
+    T: 'static,
+{
+    Endpoint {
+        method: "put",
+        path,
+        handler: routing::put(handler),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Groups: creation, membership, listing.
 
 use cim_core::{GroupId, UserId};
-use cim_proto::http::{GroupView, PageOf, UserView};
+use cim_proto::http::{GroupView, MemberView, PageOf};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -35,7 +35,7 @@ async fn remove(route: &TestRoute, token: &str, group: u64, user: u64) -> reqwes
 }
 
 async fn member_names(route: &TestRoute, token: &str, group: u64) -> Vec<String> {
-    let page: PageOf<UserView> = json(
+    let page: PageOf<MemberView> = json(
         route
             .get(&format!("/api/v1/groups/{group}/members"), Some(token))
             .await,
@@ -113,7 +113,7 @@ async fn anyone_may_join_and_any_member_may_add_others_but_strangers_may_not() {
             Some(&carol_token),
         )
         .await;
-    expect_error(response, StatusCode::FORBIDDEN, "permission_denied").await;
+    expect_error(response, StatusCode::NOT_FOUND, "not_found").await;
 
     let joined = add(&route, &carol_token, group.group_id, carol.user_id).await;
     assert_eq!(joined.status(), StatusCode::NO_CONTENT, "anyone may join");
@@ -235,4 +235,323 @@ async fn missing_groups_are_404_and_the_all_group_cannot_be_managed() {
     let group = create_group(&route, &token, "team").await;
     let response = add(&route, &token, group.group_id, alice.user_id + 100).await;
     expect_error(response, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+async fn create_group_with(
+    route: &TestRoute,
+    token: &str,
+    name: &str,
+    access: &str,
+    history: &str,
+) -> GroupView {
+    let body = json!({ "name": name, "access": access, "history": history });
+    let response = route.post("/api/v1/groups", Some(token), &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    json(response).await
+}
+
+async fn ban(route: &TestRoute, token: &str, group: u64, user: u64) -> reqwest::Response {
+    route
+        .post(
+            &format!("/api/v1/groups/{group}/bans"),
+            Some(token),
+            &json!({ "user_id": user }),
+        )
+        .await
+}
+
+async fn set_role(
+    route: &TestRoute,
+    token: &str,
+    group: u64,
+    user: u64,
+    role: &str,
+) -> reqwest::Response {
+    route
+        .request(
+            reqwest::Method::PUT,
+            &format!("/api/v1/groups/{group}/members/{user}/role"),
+            Some(token),
+        )
+        .json(&json!({ "role": role }))
+        .send()
+        .await
+        .expect("request sent")
+}
+
+async fn post_to_group(route: &TestRoute, token: &str, group: u64, body: &str) {
+    let response = route
+        .post(
+            "/api/v1/messages",
+            Some(token),
+            &json!({"to_group": group, "body": body, "client_msg_id": body}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK, "posting {body:?}");
+}
+
+#[tokio::test]
+async fn groups_that_are_not_open_look_to_outsiders_exactly_like_missing_ones() {
+    let route = TestRoute::start().await;
+    let (_alice, alice_token) = route.user_with_token("alice").await;
+    let (carol, carol_token) = route.user_with_token("carol").await;
+    for access in ["invite_only", "closed"] {
+        let name = format!("hidden-{access}");
+        let group = create_group_with(&route, &alice_token, &name, access, "full").await;
+        let missing = group.group_id + 1000;
+        let hidden = group.group_id;
+        let paths = |id: u64, name: &str| {
+            [
+                ("find", format!("/api/v1/groups?name={name}")),
+                ("get", format!("/api/v1/groups/{id}")),
+                ("members", format!("/api/v1/groups/{id}/members")),
+                ("history", format!("/api/v1/conversations/g:{id}/messages")),
+            ]
+        };
+        for ((what, path), (_, other)) in paths(hidden, &name)
+            .into_iter()
+            .zip(paths(missing, "no-such-group"))
+        {
+            let response = route.get(&path, Some(&carol_token)).await;
+            let error = expect_error(response, StatusCode::NOT_FOUND, "not_found").await;
+            let response = route.get(&other, Some(&carol_token)).await;
+            let other = expect_error(response, StatusCode::NOT_FOUND, "not_found").await;
+            assert_eq!(
+                error
+                    .message
+                    .replace(&hidden.to_string(), "N")
+                    .replace(&name, "X"),
+                other
+                    .message
+                    .replace(&missing.to_string(), "N")
+                    .replace("no-such-group", "X"),
+                "{access} {what}: the same answer as for a missing group"
+            );
+        }
+        let join = add(&route, &carol_token, hidden, carol.user_id).await;
+        expect_error(join, StatusCode::NOT_FOUND, "not_found").await;
+        let write = route
+            .post(
+                "/api/v1/messages",
+                Some(&carol_token),
+                &json!({"to_group": hidden, "body": "let me in", "client_msg_id": access}),
+            )
+            .await;
+        expect_error(write, StatusCode::NOT_FOUND, "not_found").await;
+    }
+}
+
+#[tokio::test]
+async fn members_invite_to_invite_only_groups_and_only_admins_to_closed_ones() {
+    let route = TestRoute::start().await;
+    let (_alice, alice_token) = route.user_with_token("alice").await;
+    let (bob, bob_token) = route.user_with_token("bob").await;
+    let carol = route.create_user("carol").await;
+    let dave = route.create_user("dave").await;
+
+    let invite = create_group_with(&route, &alice_token, "invite", "invite_only", "full").await;
+    add(&route, &alice_token, invite.group_id, bob.user_id).await;
+    let by_member = add(&route, &bob_token, invite.group_id, carol.user_id).await;
+    assert_eq!(by_member.status(), StatusCode::NO_CONTENT, "members invite");
+
+    let closed = create_group_with(&route, &alice_token, "closed", "closed", "full").await;
+    add(&route, &alice_token, closed.group_id, bob.user_id).await;
+    let by_member = add(&route, &bob_token, closed.group_id, carol.user_id).await;
+    expect_error(by_member, StatusCode::FORBIDDEN, "permission_denied").await;
+    let by_member = set_role(&route, &bob_token, closed.group_id, bob.user_id, "admin").await;
+    expect_error(by_member, StatusCode::FORBIDDEN, "permission_denied").await;
+    let promoted = set_role(&route, &alice_token, closed.group_id, bob.user_id, "admin").await;
+    assert_eq!(promoted.status(), StatusCode::NO_CONTENT);
+    let by_admin = add(&route, &bob_token, closed.group_id, carol.user_id).await;
+    assert_eq!(by_admin.status(), StatusCode::NO_CONTENT, "admins add");
+    add(&route, &bob_token, closed.group_id, dave.user_id).await;
+    let owner = set_role(&route, &alice_token, closed.group_id, dave.user_id, "owner").await;
+    expect_error(owner, StatusCode::BAD_REQUEST, "invalid_input").await;
+    let names = member_names(&route, &alice_token, closed.group_id).await;
+    assert_eq!(names, ["alice", "bob", "carol", "dave"]);
+    let roles: PageOf<MemberView> = json(
+        route
+            .get(
+                &format!("/api/v1/groups/{}/members", closed.group_id),
+                Some(&alice_token),
+            )
+            .await,
+    )
+    .await;
+    let role_of = |name: &str| {
+        roles
+            .items
+            .iter()
+            .find(|member| member.name == name)
+            .map(|member| member.role)
+    };
+    assert_eq!(role_of("alice"), Some(cim_proto::http::GroupRole::Owner));
+    assert_eq!(role_of("bob"), Some(cim_proto::http::GroupRole::Admin));
+    assert_eq!(role_of("carol"), Some(cim_proto::http::GroupRole::Member));
+
+    // An admin removes members but not the owner or other admins.
+    let removed = remove(&route, &bob_token, closed.group_id, carol.user_id).await;
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    let owner_out = remove(&route, &bob_token, closed.group_id, invite.owner_id).await;
+    expect_error(owner_out, StatusCode::FORBIDDEN, "permission_denied").await;
+    let leaves = remove(&route, &alice_token, closed.group_id, invite.owner_id).await;
+    expect_error(leaves, StatusCode::BAD_REQUEST, "invalid_input").await;
+}
+
+#[tokio::test]
+async fn a_banned_user_cannot_rejoin_or_be_added_until_unbanned() {
+    let route = TestRoute::start().await;
+    let (_alice, alice_token) = route.user_with_token("alice").await;
+    let (bob, bob_token) = route.user_with_token("bob").await;
+    let (carol, carol_token) = route.user_with_token("carol").await;
+    let group = create_group(&route, &alice_token, "open").await;
+    add(&route, &bob_token, group.group_id, bob.user_id).await;
+    add(&route, &carol_token, group.group_id, carol.user_id).await;
+
+    let by_member = ban(&route, &bob_token, group.group_id, carol.user_id).await;
+    expect_error(by_member, StatusCode::FORBIDDEN, "permission_denied").await;
+    let banned = ban(&route, &alice_token, group.group_id, carol.user_id).await;
+    assert_eq!(banned.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        member_names(&route, &alice_token, group.group_id).await,
+        ["alice", "bob"]
+    );
+
+    for _ in 0..3 {
+        let rejoin = add(&route, &carol_token, group.group_id, carol.user_id).await;
+        let error = expect_error(rejoin, StatusCode::FORBIDDEN, "permission_denied").await;
+        assert!(error.message.contains("banned"), "{}", error.message);
+    }
+    let by_friend = add(&route, &bob_token, group.group_id, carol.user_id).await;
+    expect_error(by_friend, StatusCode::FORBIDDEN, "permission_denied").await;
+    let write = route
+        .post(
+            "/api/v1/messages",
+            Some(&carol_token),
+            &json!({"to_group": group.group_id, "body": "still here?", "client_msg_id": "c"}),
+        )
+        .await;
+    expect_error(write, StatusCode::NOT_FOUND, "not_found").await;
+
+    let bans: PageOf<cim_proto::http::UserView> = json(
+        route
+            .get(
+                &format!("/api/v1/groups/{}/bans", group.group_id),
+                Some(&alice_token),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(
+        bans.items.iter().map(|u| u.user_id).collect::<Vec<_>>(),
+        [carol.user_id]
+    );
+    let unban = route
+        .delete(
+            &format!("/api/v1/groups/{}/bans/{}", group.group_id, carol.user_id),
+            Some(&alice_token),
+        )
+        .await;
+    assert_eq!(unban.status(), StatusCode::NO_CONTENT);
+    let rejoin = add(&route, &carol_token, group.group_id, carol.user_id).await;
+    assert_eq!(
+        rejoin.status(),
+        StatusCode::NO_CONTENT,
+        "unbanned users may join again"
+    );
+}
+
+#[tokio::test]
+async fn a_since_join_group_shows_new_members_only_what_follows_their_joining() {
+    let route = TestRoute::start().await;
+    let (_alice, alice_token) = route.user_with_token("alice").await;
+    let (bob, bob_token) = route.user_with_token("bob").await;
+    let private = create_group_with(&route, &alice_token, "private", "open", "since_join").await;
+    let public = create_group(&route, &alice_token, "public").await;
+    for group in [&private, &public] {
+        post_to_group(
+            &route,
+            &alice_token,
+            group.group_id,
+            &format!("earlier secret {}", group.name),
+        )
+        .await;
+        add(&route, &bob_token, group.group_id, bob.user_id).await;
+        post_to_group(
+            &route,
+            &alice_token,
+            group.group_id,
+            &format!("later news {}", group.name),
+        )
+        .await;
+    }
+    let history = |group: u64| {
+        let route = &route;
+        let token = bob_token.clone();
+        async move {
+            let page: PageOf<cim_proto::http::MessageView> = json(
+                route
+                    .get(
+                        &format!("/api/v1/conversations/g:{group}/messages"),
+                        Some(&token),
+                    )
+                    .await,
+            )
+            .await;
+            page.items.into_iter().map(|m| m.body).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(history(private.group_id).await, ["later news private"]);
+    assert_eq!(
+        history(public.group_id).await,
+        ["earlier secret public", "later news public"]
+    );
+    let found: PageOf<cim_proto::http::MessageView> = json(
+        route
+            .get_with(
+                "/api/v1/messages/search",
+                Some(&bob_token),
+                &[("q", "secret")],
+            )
+            .await,
+    )
+    .await;
+    let bodies: Vec<String> = found.items.into_iter().map(|m| m.body).collect();
+    assert_eq!(
+        bodies,
+        ["earlier secret public"],
+        "search hides what came before too"
+    );
+
+    // Changing the setting is for the owner and admins.
+    let patch = |token: &str, body: serde_json::Value| {
+        route
+            .request(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/groups/{}", private.group_id),
+                Some(token),
+            )
+            .json(&body)
+            .send()
+    };
+    let by_member = patch(&bob_token, json!({"history": "full"}))
+        .await
+        .expect("sent");
+    expect_error(by_member, StatusCode::FORBIDDEN, "permission_denied").await;
+    let by_owner = patch(&alice_token, json!({"history": "full"}))
+        .await
+        .expect("sent");
+    assert_eq!(by_owner.status(), StatusCode::OK);
+    let updated: GroupView = json(by_owner).await;
+    assert_eq!(updated.history, cim_proto::http::GroupHistory::Full);
+    assert_eq!(
+        updated.access,
+        cim_proto::http::GroupAccess::Open,
+        "unchanged"
+    );
+    assert_eq!(
+        history(private.group_id).await.len(),
+        2,
+        "now bob reads it all"
+    );
 }

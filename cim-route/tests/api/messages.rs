@@ -383,10 +383,23 @@ async fn strangers_cannot_read_a_conversation() {
     let group = create_group(&route, &alice_token, "team").await;
     let direct = ConversationId::direct(UserId(alice.user_id), UserId(bob.user_id));
 
-    for conversation in [direct.to_string(), format!("g:{}", group.group_id)] {
+    // Someone else's private conversation is forbidden; a group one is not a member of is
+    // answered as if it did not exist.
+    for (conversation, status, code) in [
+        (
+            direct.to_string(),
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+        ),
+        (
+            format!("g:{}", group.group_id),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
         let path = format!("/api/v1/conversations/{conversation}/messages");
         let response = route.get(&path, Some(&carol_token)).await;
-        expect_error(response, StatusCode::FORBIDDEN, "permission_denied").await;
+        expect_error(response, status, code).await;
         let response = route.get(&path, Some(&alice_token)).await;
         assert_eq!(response.status(), StatusCode::OK, "{conversation}");
     }

@@ -134,7 +134,7 @@ impl Cluster {
         for member in members {
             self.stores
                 .accounts
-                .add_member(group.id, *member)
+                .add_member(group.id, *member, cim_core::Seq(1))
                 .await
                 .unwrap();
         }

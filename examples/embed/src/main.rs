@@ -67,7 +67,7 @@ async fn run(stores: &Stores) -> Result<Summary> {
     let oncall = accounts
         .create_group(NewGroup::new("oncall", bot.id, &names)?)
         .await?;
-    accounts.add_member(oncall.id, dana.id).await?;
+    accounts.add_member(oncall.id, dana.id, Seq(1)).await?;
     println!(
         "created group {} (id {}) with members alerts, dana",
         oncall.name, oncall.id

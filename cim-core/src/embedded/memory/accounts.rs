@@ -17,8 +17,9 @@ use serde::Deserialize;
 
 use crate::registry::{AccountStoreFactory, BackendOptions, BuildFuture};
 use crate::{
-    AccountCapabilities, AccountStore, Cursor, Error, Group, GroupId, NewGroup, NewUser, Page,
-    PasswordHash, Result, Timestamp, User, UserId, canonical_name,
+    AccountCapabilities, AccountStore, Cursor, Error, Group, GroupId, GroupSettings, Membership,
+    NewGroup, NewUser, Page, PasswordHash, Result, Role, Seq, Timestamp, User, UserId,
+    canonical_name,
 };
 
 inventory::submit! {
@@ -58,9 +59,12 @@ struct State {
     groups: HashMap<GroupId, Group>,
     /// Canonical name to id.
     group_names: HashMap<String, GroupId>,
-    members: HashMap<GroupId, BTreeSet<UserId>>,
+    /// Each group's members, by user id.
+    members: HashMap<GroupId, BTreeMap<UserId, Membership>>,
     /// The reverse of `members`, so a user's groups come without scanning every group.
     memberships: HashMap<UserId, BTreeSet<GroupId>>,
+    /// Each group's banned users.
+    bans: HashMap<GroupId, BTreeSet<UserId>>,
 }
 
 struct StoredUser {
@@ -112,6 +116,61 @@ impl State {
             Err(Error::not_found(format!("user {user} does not exist")))
         }
     }
+
+    /// `InvalidInput` if `user` owns `group`.
+    fn not_the_owner(&self, group: GroupId, user: UserId, what: &str) -> Result<()> {
+        match self.groups.get(&group) {
+            Some(stored) if stored.owner == user => Err(Error::invalid_input(format!(
+                "user {user} owns group {group} and cannot be {what}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_membership(&mut self, group: GroupId, user: UserId) -> bool {
+        let removed = self
+            .members
+            .get_mut(&group)
+            .is_some_and(|members| members.remove(&user).is_some());
+        if let Some(groups) = self.memberships.get_mut(&user) {
+            groups.remove(&group);
+        }
+        removed
+    }
+}
+
+/// A page of `items` (ordered by user id) after `cursor`.
+fn page_by_user<T: Clone>(
+    items: Option<&BTreeMap<UserId, T>>,
+    cursor: Option<&Cursor>,
+    limit: u32,
+    what: &str,
+) -> Result<Page<T>> {
+    let limit = page_size(limit)?;
+    let after = cursor
+        .map(|Cursor(last)| {
+            last.parse::<UserId>().map_err(|_| {
+                Error::invalid_input(format!(
+                    "cursor {last:?} was not returned by {what}; pass back the previous page's \
+                     cursor, or none for the first page"
+                ))
+            })
+        })
+        .transpose()?;
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut range = items
+        .into_iter()
+        .flat_map(|items| items.range((start, Bound::Unbounded)));
+    let page: Vec<(&UserId, &T)> = range.by_ref().take(limit).collect();
+    let more = range.next().is_some();
+    let next = page
+        .last()
+        .filter(|_| more)
+        .map(|(last, _)| Cursor(last.to_string()));
+    Ok(Page {
+        items: page.into_iter().map(|(_, item)| item.clone()).collect(),
+        next,
+    })
 }
 
 /// `limit` as a page size; 0 is refused, as the contract says.
@@ -220,19 +279,40 @@ impl AccountStore for MemoryAccountStore {
             )));
         }
         state.last_group_id += 1;
+        let settings = new.group_settings();
         let group = Group {
             id: GroupId(state.last_group_id),
             name: new.name().to_string(),
             owner,
             created_at: Timestamp::now(),
+            access: settings.access,
+            history: settings.history,
         };
         state
             .group_names
             .insert(new.canonical_name().to_string(), group.id);
         state.groups.insert(group.id, group.clone());
-        state.members.insert(group.id, BTreeSet::from([owner]));
+        let founder = Membership {
+            user: owner,
+            role: Role::Owner,
+            since: Seq(1),
+        };
+        state
+            .members
+            .insert(group.id, BTreeMap::from([(owner, founder)]));
         state.memberships.entry(owner).or_default().insert(group.id);
         Ok(group)
+    }
+
+    async fn update_group(&self, id: GroupId, settings: GroupSettings) -> Result<Group> {
+        let mut state = self.lock();
+        let group = state
+            .groups
+            .get_mut(&id)
+            .ok_or_else(|| Error::not_found(format!("group {id} does not exist")))?;
+        group.access = settings.access;
+        group.history = settings.history;
+        Ok(group.clone())
     }
 
     async fn group(&self, id: GroupId) -> Result<Option<Group>> {
@@ -248,27 +328,41 @@ impl AccountStore for MemoryAccountStore {
             .cloned())
     }
 
-    async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool> {
+    async fn add_member(&self, group: GroupId, user: UserId, since: Seq) -> Result<bool> {
         let mut state = self.lock();
         state.group_exists(group)?;
         state.user_exists(user)?;
-        let added = state.members.entry(group).or_default().insert(user);
+        if state
+            .bans
+            .get(&group)
+            .is_some_and(|bans| bans.contains(&user))
+        {
+            return Err(Error::permission_denied(format!(
+                "user {user} is banned from group {group}"
+            )));
+        }
+        let members = state.members.entry(group).or_default();
+        if members.contains_key(&user) {
+            return Ok(false);
+        }
+        members.insert(
+            user,
+            Membership {
+                user,
+                role: Role::Member,
+                since,
+            },
+        );
         state.memberships.entry(user).or_default().insert(group);
-        Ok(added)
+        Ok(true)
     }
 
     async fn remove_member(&self, group: GroupId, user: UserId) -> Result<bool> {
         let mut state = self.lock();
         state.group_exists(group)?;
         state.user_exists(user)?;
-        let removed = state
-            .members
-            .get_mut(&group)
-            .is_some_and(|members| members.remove(&user));
-        if let Some(groups) = state.memberships.get_mut(&user) {
-            groups.remove(&group);
-        }
-        Ok(removed)
+        state.not_the_owner(group, user, "removed")?;
+        Ok(state.remove_membership(group, user))
     }
 
     async fn members(
@@ -276,34 +370,74 @@ impl AccountStore for MemoryAccountStore {
         group: GroupId,
         cursor: Option<&Cursor>,
         limit: u32,
-    ) -> Result<Page<UserId>> {
-        let limit = page_size(limit)?;
-        let after = cursor
-            .map(|Cursor(last)| {
-                last.parse::<UserId>().map_err(|_| {
-                    Error::invalid_input(format!(
-                        "cursor {last:?} was not returned by members; pass back the previous \
-                         page's cursor, or none for the first page"
-                    ))
-                })
-            })
-            .transpose()?;
+    ) -> Result<Page<Membership>> {
         let state = self.lock();
         state.group_exists(group)?;
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut members = state
+        page_by_user(state.members.get(&group), cursor, limit, "members")
+    }
+
+    async fn membership(&self, group: GroupId, user: UserId) -> Result<Option<Membership>> {
+        Ok(self
+            .lock()
             .members
             .get(&group)
-            .into_iter()
-            .flat_map(|members| members.range((start, Bound::Unbounded)))
-            .copied();
-        let items: Vec<UserId> = members.by_ref().take(limit).collect();
-        let more = members.next().is_some();
-        let next = items
-            .last()
-            .filter(|_| more)
-            .map(|last| Cursor(last.to_string()));
-        Ok(Page { items, next })
+            .and_then(|members| members.get(&user))
+            .copied())
+    }
+
+    async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> Result<()> {
+        if role == Role::Owner {
+            return Err(Error::invalid_input(
+                "a group has one owner, its creator; make the user an admin instead",
+            ));
+        }
+        let mut state = self.lock();
+        state.group_exists(group)?;
+        state.user_exists(user)?;
+        state.not_the_owner(group, user, "given another role")?;
+        let membership = state
+            .members
+            .get_mut(&group)
+            .and_then(|members| members.get_mut(&user))
+            .ok_or_else(|| {
+                Error::not_found(format!("user {user} is not a member of group {group}"))
+            })?;
+        membership.role = role;
+        Ok(())
+    }
+
+    async fn ban(&self, group: GroupId, user: UserId) -> Result<bool> {
+        let mut state = self.lock();
+        state.group_exists(group)?;
+        state.user_exists(user)?;
+        state.not_the_owner(group, user, "banned")?;
+        state.remove_membership(group, user);
+        Ok(state.bans.entry(group).or_default().insert(user))
+    }
+
+    async fn unban(&self, group: GroupId, user: UserId) -> Result<bool> {
+        let mut state = self.lock();
+        state.group_exists(group)?;
+        state.user_exists(user)?;
+        Ok(state
+            .bans
+            .get_mut(&group)
+            .is_some_and(|bans| bans.remove(&user)))
+    }
+
+    async fn bans(
+        &self,
+        group: GroupId,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<UserId>> {
+        let state = self.lock();
+        state.group_exists(group)?;
+        let bans: Option<BTreeMap<UserId, UserId>> = state
+            .bans
+            .get(&group)
+            .map(|bans| bans.iter().map(|user| (*user, *user)).collect());
+        page_by_user(bans.as_ref(), cursor, limit, "bans")
     }
 
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>> {
@@ -323,259 +457,14 @@ impl AccountStore for MemoryAccountStore {
             .lock()
             .members
             .get(&group)
-            .is_some_and(|members| members.contains(&user)))
+            .is_some_and(|members| members.contains_key(&user)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ErrorKind, NameRules};
-
-    /// Argon2 makes this the slow part of these tests: keep the number of calls modest.
-    async fn new_user(name: &str, password: &str) -> NewUser {
-        NewUser::new(name, password, &NameRules::default())
-            .await
-            .expect("valid user")
-    }
-
-    async fn create(store: &MemoryAccountStore, name: &str) -> User {
-        store
-            .create_user(new_user(name, "secret").await)
-            .await
-            .expect("user is created")
-    }
-
-    fn new_group(name: &str, owner: UserId) -> NewGroup {
-        NewGroup::new(name, owner, &NameRules::default()).expect("valid group")
-    }
-
-    #[tokio::test]
-    async fn users_get_increasing_ids_and_are_found_by_id_and_any_case_of_their_name() {
-        let store = MemoryAccountStore::new();
-
-        let alice = create(&store, "Alice").await;
-        let bob = create(&store, "bob").await;
-
-        assert_eq!((alice.id, bob.id), (UserId(1), UserId(2)));
-        assert_eq!(alice.name, "Alice", "the name is kept as typed");
-        assert_eq!(
-            store.user(alice.id).await.expect("user"),
-            Some(alice.clone())
-        );
-        assert_eq!(
-            store.user_by_name("ALICE").await.expect("by name"),
-            Some(alice)
-        );
-        assert_eq!(store.user(UserId(99)).await.expect("user"), None);
-        assert_eq!(store.user_by_name("carol").await.expect("by name"), None);
-    }
-
-    #[tokio::test]
-    async fn a_user_name_taken_in_another_case_or_normal_form_is_already_exists() {
-        let store = MemoryAccountStore::new();
-        create(&store, "Alice").await;
-        create(&store, "Zoë").await;
-
-        let err = store
-            .create_user(new_user("ALICE", "other").await)
-            .await
-            .expect_err("same canonical name");
-        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-        assert!(err.message().contains("ALICE"), "{err}");
-
-        let decomposed = new_user("ZOE\u{308}", "other").await;
-        let err = store.create_user(decomposed).await.expect_err("same name");
-        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-    }
-
-    #[tokio::test]
-    async fn credentials_verify_the_right_password_only() {
-        let store = MemoryAccountStore::new();
-        let alice = create(&store, "Alice").await;
-
-        let (user, hash) = store
-            .credentials("alice")
-            .await
-            .expect("credentials")
-            .expect("alice exists");
-        assert_eq!(user, alice);
-        assert!(hash.verify("secret").await.expect("verify"));
-        assert_eq!(
-            store.credentials("nobody").await.expect("credentials"),
-            None
-        );
-
-        let verified = store.verify_credentials("ALICE", "secret").await;
-        assert_eq!(verified.expect("right password"), alice);
-        let wrong = store.verify_credentials("alice", "guess").await;
-        assert_eq!(
-            wrong.expect_err("wrong password").kind(),
-            ErrorKind::Unauthenticated
-        );
-        let unknown = store.verify_credentials("nobody", "secret").await;
-        assert_eq!(
-            unknown.expect_err("unknown user").kind(),
-            ErrorKind::Unauthenticated
-        );
-    }
-
-    #[tokio::test]
-    async fn prefix_search_pages_through_canonical_names_in_order() {
-        let store = MemoryAccountStore::new();
-        for name in ["Zoë", "zoey", "ZOLTAN", "Ωμέγα"] {
-            create(&store, name).await;
-        }
-        let names = |page: &Page<User>| -> Vec<String> {
-            page.items.iter().map(|user| user.name.clone()).collect()
-        };
-
-        // Canonical order: "zoey" < "zoltan" < "zoë" ('ë' sorts after ASCII letters).
-        let first = store.search_users("ZO", None, 2).await.expect("search");
-        assert_eq!(names(&first), ["zoey", "ZOLTAN"]);
-        let cursor = first.next.expect("more results");
-        let second = store
-            .search_users("ZO", Some(&cursor), 2)
-            .await
-            .expect("search");
-        assert_eq!(names(&second), ["Zoë"]);
-        assert_eq!(second.next, None);
-
-        let decomposed = store
-            .search_users("zoe\u{308}", None, 10)
-            .await
-            .expect("search");
-        assert_eq!(names(&decomposed), ["Zoë"]);
-        let greek = store.search_users("ΩΜ", None, 10).await.expect("search");
-        assert_eq!(names(&greek), ["Ωμέγα"]);
-        let none = store.search_users("x", None, 10).await.expect("search");
-        assert_eq!(none, Page::empty());
-
-        let err = store
-            .search_users("zo", None, 0)
-            .await
-            .expect_err("limit 0");
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    }
-
-    #[tokio::test]
-    async fn a_group_starts_with_its_owner_and_membership_changes_report_whether_they_did() {
-        let store = MemoryAccountStore::new();
-        let owner = create(&store, "owner").await;
-        let bob = create(&store, "bob").await;
-
-        let group = store
-            .create_group(new_group("Team", owner.id))
-            .await
-            .expect("group is created");
-        assert_eq!((group.id, group.owner), (GroupId(1), owner.id));
-        assert_eq!(
-            store.group(group.id).await.expect("group"),
-            Some(group.clone())
-        );
-        assert_eq!(
-            store.group_by_name("TEAM").await.expect("by name"),
-            Some(group.clone())
-        );
-        let members = store.members(group.id, None, 10).await.expect("members");
-        assert_eq!(members.items, [owner.id]);
-
-        assert!(store.add_member(group.id, bob.id).await.expect("add"));
-        assert!(!store.add_member(group.id, bob.id).await.expect("add again"));
-        assert_eq!(
-            store.user_groups(bob.id).await.expect("groups"),
-            std::slice::from_ref(&group)
-        );
-        assert!(store.remove_member(group.id, bob.id).await.expect("remove"));
-        assert!(
-            !store
-                .remove_member(group.id, bob.id)
-                .await
-                .expect("remove again")
-        );
-        assert_eq!(store.user_groups(bob.id).await.expect("groups"), []);
-    }
-
-    #[tokio::test]
-    async fn group_operations_on_missing_groups_or_users_are_not_found() {
-        let store = MemoryAccountStore::new();
-        let owner = create(&store, "owner").await;
-        let group = store
-            .create_group(new_group("team", owner.id))
-            .await
-            .expect("group is created");
-
-        let missing_owner = store.create_group(new_group("other", UserId(99))).await;
-        assert_eq!(
-            missing_owner.expect_err("no owner").kind(),
-            ErrorKind::NotFound
-        );
-        let taken = store.create_group(new_group("TEAM", owner.id)).await;
-        assert_eq!(
-            taken.expect_err("name taken").kind(),
-            ErrorKind::AlreadyExists
-        );
-
-        let not_found = [
-            store.add_member(GroupId(99), owner.id).await.map(|_| ()),
-            store.add_member(group.id, UserId(99)).await.map(|_| ()),
-            store.remove_member(GroupId(99), owner.id).await.map(|_| ()),
-            store.remove_member(group.id, UserId(99)).await.map(|_| ()),
-            store.members(GroupId(99), None, 10).await.map(|_| ()),
-            store.user_groups(UserId(99)).await.map(|_| ()),
-        ];
-        for result in not_found {
-            assert_eq!(result.expect_err("missing").kind(), ErrorKind::NotFound);
-        }
-        assert_eq!(store.group(GroupId(99)).await.expect("group"), None);
-        assert_eq!(store.group_by_name("nope").await.expect("by name"), None);
-    }
-
-    #[tokio::test]
-    async fn members_are_paged_by_user_id_and_groups_listed_by_group_id() {
-        let store = MemoryAccountStore::new();
-        let owner = create(&store, "owner").await;
-        let bob = create(&store, "bob").await;
-        let carol = create(&store, "carol").await;
-        let first = store
-            .create_group(new_group("first", carol.id))
-            .await
-            .expect("group");
-        let second = store
-            .create_group(new_group("second", owner.id))
-            .await
-            .expect("group");
-        for user in [bob.id, owner.id] {
-            store.add_member(first.id, user).await.expect("add");
-        }
-        store.add_member(second.id, carol.id).await.expect("add");
-
-        let page = store.members(first.id, None, 2).await.expect("members");
-        assert_eq!(page.items, [owner.id, bob.id]);
-        let cursor = page.next.expect("more members");
-        let page = store
-            .members(first.id, Some(&cursor), 2)
-            .await
-            .expect("members");
-        assert_eq!(page.items, [carol.id]);
-        assert_eq!(page.next, None);
-        assert_eq!(
-            store.user_groups(carol.id).await.expect("groups"),
-            [first, second]
-        );
-
-        let bad = Cursor("not-an-id".into());
-        let err = store
-            .members(GroupId(1), Some(&bad), 2)
-            .await
-            .expect_err("bad cursor");
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        let err = store
-            .members(GroupId(1), None, 0)
-            .await
-            .expect_err("limit 0");
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    }
+    use crate::ErrorKind;
 
     #[tokio::test]
     async fn the_memory_backend_is_registered_and_refuses_unknown_keys() {

@@ -20,8 +20,9 @@ use super::columns::{int, unsigned};
 use super::error::{During, unique_error};
 use crate::paging::{fetch_size, id_cursor, into_page};
 use crate::{
-    AccountCapabilities, AccountStore, Cursor, Error, Group, GroupId, NewGroup, NewUser, Page,
-    PasswordHash, Result, Timestamp, User, UserId, canonical_name,
+    AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
+    GroupSettings, Membership, NewGroup, NewUser, Page, PasswordHash, Result, Role, Seq, Timestamp,
+    User, UserId, canonical_name,
 };
 
 #[derive(FromRow)]
@@ -63,6 +64,8 @@ struct GroupRow {
     name: String,
     owner: i64,
     created_at: i64,
+    access: String,
+    history: String,
 }
 
 impl GroupRow {
@@ -72,8 +75,37 @@ impl GroupRow {
             name: self.name,
             owner: UserId(unsigned(self.owner, "chat_groups.owner")?),
             created_at: Timestamp(self.created_at),
+            access: GroupAccess::parse(&self.access)
+                .ok_or_else(|| corrupt("chat_groups.access", &self.access))?,
+            history: GroupHistory::parse(&self.history)
+                .ok_or_else(|| corrupt("chat_groups.history", &self.history))?,
         })
     }
+}
+
+#[derive(FromRow)]
+struct MemberRow {
+    user_id: i64,
+    role: String,
+    since: i64,
+}
+
+impl MemberRow {
+    fn into_membership(self) -> Result<Membership> {
+        Ok(Membership {
+            user: UserId(unsigned(self.user_id, "group_members.user_id")?),
+            role: Role::parse(&self.role)
+                .ok_or_else(|| corrupt("group_members.role", &self.role))?,
+            since: Seq(unsigned(self.since, "group_members.since")?),
+        })
+    }
+}
+
+fn corrupt(column: &str, value: &str) -> Error {
+    Error::internal(format!(
+        "the SQLite file holds data this backend never writes (column {column} holds {value:?})"
+    ))
+    .with_context("backend", "sqlite")
 }
 
 /// The smallest string above every string that starts with `prefix`: `prefix` with its last
@@ -104,6 +136,31 @@ impl SqliteStore {
             Ok(())
         } else {
             Err(Error::not_found(format!("group {group} does not exist")))
+        }
+    }
+
+    /// `InvalidInput` if `user` owns `group`.
+    async fn ensure_not_owner(
+        &self,
+        group: GroupId,
+        user: UserId,
+        what: &str,
+        operation: &'static str,
+    ) -> Result<()> {
+        let owns: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM chat_groups WHERE id = ? AND owner = ?)",
+        )
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .fetch_one(self.pool())
+        .await
+        .during(operation)?;
+        if owns {
+            Err(Error::invalid_input(format!(
+                "user {user} owns group {group} and cannot be {what}"
+            )))
+        } else {
+            Ok(())
         }
     }
 
@@ -270,14 +327,17 @@ impl AccountStore for SqliteStore {
                 new.owner()
             )));
         }
+        let settings = new.group_settings();
         let row: GroupRow = sqlx::query_as(
-            "INSERT INTO chat_groups (name, canonical, owner, created_at) VALUES (?, ?, ?, ?) \
-             RETURNING id, name, owner, created_at",
+            "INSERT INTO chat_groups (name, canonical, owner, created_at, access, history) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id, name, owner, created_at, access, history",
         )
         .bind(new.name())
         .bind(new.canonical_name())
         .bind(int(new.owner().0))
         .bind(Timestamp::now().as_millis())
+        .bind(settings.access.as_str())
+        .bind(settings.history.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -288,29 +348,48 @@ impl AccountStore for SqliteStore {
                 ))
             })
         })?;
-        sqlx::query("INSERT INTO group_members (group_id, user_id) VALUES (?, ?)")
-            .bind(row.id)
-            .bind(row.owner)
-            .execute(&mut *tx)
-            .await
-            .during(OPERATION)?;
+        sqlx::query(
+            "INSERT INTO group_members (group_id, user_id, role, since) VALUES (?, ?, 'owner', 1)",
+        )
+        .bind(row.id)
+        .bind(row.owner)
+        .execute(&mut *tx)
+        .await
+        .during(OPERATION)?;
         tx.commit().await.during(OPERATION)?;
         row.into_group()
     }
 
+    async fn update_group(&self, id: GroupId, settings: GroupSettings) -> Result<Group> {
+        let row: Option<GroupRow> = sqlx::query_as(
+            "UPDATE chat_groups SET access = ?, history = ? WHERE id = ? \
+             RETURNING id, name, owner, created_at, access, history",
+        )
+        .bind(settings.access.as_str())
+        .bind(settings.history.as_str())
+        .bind(int(id.0))
+        .fetch_optional(self.pool())
+        .await
+        .during("update_group")?;
+        row.ok_or_else(|| Error::not_found(format!("group {id} does not exist")))?
+            .into_group()
+    }
+
     async fn group(&self, id: GroupId) -> Result<Option<Group>> {
-        let row: Option<GroupRow> =
-            sqlx::query_as("SELECT id, name, owner, created_at FROM chat_groups WHERE id = ?")
-                .bind(int(id.0))
-                .fetch_optional(self.pool())
-                .await
-                .during("group")?;
+        let row: Option<GroupRow> = sqlx::query_as(
+            "SELECT id, name, owner, created_at, access, history FROM chat_groups WHERE id = ?",
+        )
+        .bind(int(id.0))
+        .fetch_optional(self.pool())
+        .await
+        .during("group")?;
         row.map(GroupRow::into_group).transpose()
     }
 
     async fn group_by_name(&self, name: &str) -> Result<Option<Group>> {
         let row: Option<GroupRow> = sqlx::query_as(
-            "SELECT id, name, owner, created_at FROM chat_groups WHERE canonical = ?",
+            "SELECT id, name, owner, created_at, access, history FROM chat_groups \
+             WHERE canonical = ?",
         )
         .bind(canonical_name(name))
         .fetch_optional(self.pool())
@@ -319,23 +398,47 @@ impl AccountStore for SqliteStore {
         row.map(GroupRow::into_group).transpose()
     }
 
-    async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool> {
+    async fn add_member(&self, group: GroupId, user: UserId, since: Seq) -> Result<bool> {
         self.ensure_group(group, "add_member").await?;
         self.ensure_user(user, "add_member").await?;
+        // One statement: SQLite runs it under its write lock, so a ban committed before it is
+        // seen, and a ban after it removes the row again.
         let done = sqlx::query(
-            "INSERT INTO group_members (group_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO group_members (group_id, user_id, role, since) \
+             SELECT ?1, ?2, 'member', ?3 WHERE NOT EXISTS \
+             (SELECT 1 FROM group_bans WHERE group_id = ?1 AND user_id = ?2) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(int(group.0))
         .bind(int(user.0))
+        .bind(int(since.0))
         .execute(self.pool())
         .await
         .during("add_member")?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let banned: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM group_bans WHERE group_id = ? AND user_id = ?)",
+        )
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .fetch_one(self.pool())
+        .await
+        .during("add_member")?;
+        if banned {
+            return Err(Error::permission_denied(format!(
+                "user {user} is banned from group {group}"
+            )));
+        }
+        Ok(false)
     }
 
     async fn remove_member(&self, group: GroupId, user: UserId) -> Result<bool> {
         self.ensure_group(group, "remove_member").await?;
         self.ensure_user(user, "remove_member").await?;
+        self.ensure_not_owner(group, user, "removed", "remove_member")
+            .await?;
         let done = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
             .bind(int(group.0))
             .bind(int(user.0))
@@ -350,12 +453,12 @@ impl AccountStore for SqliteStore {
         group: GroupId,
         cursor: Option<&Cursor>,
         limit: u32,
-    ) -> Result<Page<UserId>> {
+    ) -> Result<Page<Membership>> {
         let fetch = fetch_size(limit)?;
         let after = id_cursor(cursor, "members")?;
         self.ensure_group(group, "members").await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT user_id FROM group_members WHERE group_id = ? AND user_id > ? \
+        let rows: Vec<MemberRow> = sqlx::query_as(
+            "SELECT user_id, role, since FROM group_members WHERE group_id = ? AND user_id > ? \
              ORDER BY user_id LIMIT ?",
         )
         .bind(int(group.0))
@@ -364,9 +467,117 @@ impl AccountStore for SqliteStore {
         .fetch_all(self.pool())
         .await
         .during("members")?;
+        let members = rows
+            .into_iter()
+            .map(MemberRow::into_membership)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(into_page(members, limit, |member| member.user.to_string()))
+    }
+
+    async fn membership(&self, group: GroupId, user: UserId) -> Result<Option<Membership>> {
+        let row: Option<MemberRow> = sqlx::query_as(
+            "SELECT user_id, role, since FROM group_members WHERE group_id = ? AND user_id = ?",
+        )
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .fetch_optional(self.pool())
+        .await
+        .during("membership")?;
+        row.map(MemberRow::into_membership).transpose()
+    }
+
+    async fn set_role(&self, group: GroupId, user: UserId, role: Role) -> Result<()> {
+        if role == Role::Owner {
+            return Err(Error::invalid_input(
+                "a group has one owner, its creator; make the user an admin instead",
+            ));
+        }
+        self.ensure_group(group, "set_role").await?;
+        self.ensure_user(user, "set_role").await?;
+        self.ensure_not_owner(group, user, "given another role", "set_role")
+            .await?;
+        let done = sqlx::query(
+            "UPDATE group_members SET role = ? WHERE group_id = ? AND user_id = ? \
+             AND role <> 'owner'",
+        )
+        .bind(role.as_str())
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .execute(self.pool())
+        .await
+        .during("set_role")?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!(
+                "user {user} is not a member of group {group}"
+            )))
+        }
+    }
+
+    async fn ban(&self, group: GroupId, user: UserId) -> Result<bool> {
+        const OPERATION: &str = "ban";
+        self.ensure_group(group, OPERATION).await?;
+        self.ensure_user(user, OPERATION).await?;
+        self.ensure_not_owner(group, user, "banned", OPERATION)
+            .await?;
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .during(OPERATION)?;
+        sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+            .bind(int(group.0))
+            .bind(int(user.0))
+            .execute(&mut *tx)
+            .await
+            .during(OPERATION)?;
+        let done = sqlx::query(
+            "INSERT INTO group_bans (group_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(int(group.0))
+        .bind(int(user.0))
+        .execute(&mut *tx)
+        .await
+        .during(OPERATION)?;
+        tx.commit().await.during(OPERATION)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unban(&self, group: GroupId, user: UserId) -> Result<bool> {
+        self.ensure_group(group, "unban").await?;
+        self.ensure_user(user, "unban").await?;
+        let done = sqlx::query("DELETE FROM group_bans WHERE group_id = ? AND user_id = ?")
+            .bind(int(group.0))
+            .bind(int(user.0))
+            .execute(self.pool())
+            .await
+            .during("unban")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn bans(
+        &self,
+        group: GroupId,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Page<UserId>> {
+        let fetch = fetch_size(limit)?;
+        let after = id_cursor(cursor, "bans")?;
+        self.ensure_group(group, "bans").await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT user_id FROM group_bans WHERE group_id = ? AND user_id > ? \
+             ORDER BY user_id LIMIT ?",
+        )
+        .bind(int(group.0))
+        .bind(int(after))
+        .bind(fetch)
+        .fetch_all(self.pool())
+        .await
+        .during("bans")?;
         let ids = ids
             .into_iter()
-            .map(|id| unsigned(id, "group_members.user_id").map(UserId))
+            .map(|id| unsigned(id, "group_bans.user_id").map(UserId))
             .collect::<Result<Vec<_>>>()?;
         Ok(into_page(ids, limit, UserId::to_string))
     }
@@ -374,7 +585,7 @@ impl AccountStore for SqliteStore {
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>> {
         self.ensure_user(user, "user_groups").await?;
         let rows: Vec<GroupRow> = sqlx::query_as(
-            "SELECT g.id, g.name, g.owner, g.created_at \
+            "SELECT g.id, g.name, g.owner, g.created_at, g.access, g.history \
              FROM group_members m JOIN chat_groups g ON g.id = m.group_id \
              WHERE m.user_id = ? ORDER BY g.id",
         )
@@ -401,18 +612,8 @@ impl AccountStore for SqliteStore {
 mod tests {
     use std::sync::Arc;
 
-    use tempfile::TempDir;
-
     use super::*;
-    use crate::{ErrorKind, NameRules};
-
-    async fn open() -> (TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(&dir.path().join("cim.db"))
-            .await
-            .expect("store opens");
-        (dir, store)
-    }
+    use crate::NameRules;
 
     /// Argon2 makes this the slow part of these tests: keep the number of calls modest.
     async fn new_user(name: &str) -> NewUser {
@@ -432,10 +633,6 @@ mod tests {
         NewGroup::new(name, owner, &NameRules::default()).expect("valid group")
     }
 
-    fn names(page: &Page<User>) -> Vec<&str> {
-        page.items.iter().map(|user| user.name.as_str()).collect()
-    }
-
     #[test]
     fn the_prefix_upper_bound_increments_the_last_character() {
         assert_eq!(prefix_upper_bound("ab").as_deref(), Some("ac"));
@@ -447,235 +644,6 @@ mod tests {
         assert_eq!(prefix_upper_bound("a\u{10ffff}").as_deref(), Some("b"));
         assert_eq!(prefix_upper_bound(""), None);
         assert_eq!(prefix_upper_bound("\u{10ffff}"), None);
-    }
-
-    #[tokio::test]
-    async fn users_get_increasing_ids_and_are_found_by_id_and_any_case_of_their_name() {
-        let (_dir, store) = open().await;
-
-        let alice = create(&store, "Alice").await;
-        let bob = create(&store, "bob").await;
-
-        assert!(bob.id > alice.id);
-        assert_eq!(alice.name, "Alice", "the name is kept as typed");
-        assert_eq!(
-            store.user(alice.id).await.expect("user"),
-            Some(alice.clone())
-        );
-        assert_eq!(
-            store.user_by_name("ALICE").await.expect("by name"),
-            Some(alice.clone())
-        );
-        assert_eq!(store.user(UserId(99)).await.expect("user"), None);
-        assert_eq!(store.user(UserId(u64::MAX)).await.expect("user"), None);
-        assert_eq!(store.user_by_name("carol").await.expect("by name"), None);
-
-        let (user, hash) = store
-            .credentials("alice")
-            .await
-            .expect("credentials")
-            .expect("alice exists");
-        assert_eq!(user, alice);
-        assert!(hash.verify("secret").await.expect("verify"));
-        assert_eq!(
-            store.credentials("nobody").await.expect("credentials"),
-            None
-        );
-        let verified = store.verify_credentials("ALICE", "secret").await;
-        assert_eq!(verified.expect("right password"), alice);
-        let wrong = store.verify_credentials("alice", "guess").await;
-        assert_eq!(
-            wrong.expect_err("wrong password").kind(),
-            ErrorKind::Unauthenticated
-        );
-    }
-
-    #[tokio::test]
-    async fn a_user_name_taken_in_another_case_or_normal_form_is_already_exists() {
-        let (_dir, store) = open().await;
-        create(&store, "Zoë").await;
-
-        let err = store
-            .create_user(new_user("ZOE\u{308}").await)
-            .await
-            .expect_err("same canonical name");
-
-        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-        assert!(err.message().contains("ZOË"), "{err}");
-        assert!(err.context().contains(&("backend", "sqlite".to_string())));
-    }
-
-    #[tokio::test]
-    async fn of_concurrent_creates_of_one_name_exactly_one_succeeds() {
-        let (_dir, store) = open().await;
-        let new = new_user("racer").await;
-
-        let attempts: Vec<_> = (0..8)
-            .map(|_| {
-                let store = store.clone();
-                let new = new.clone();
-                tokio::spawn(async move { store.create_user(new).await })
-            })
-            .collect();
-        let mut created = 0;
-        for attempt in attempts {
-            match attempt.await.expect("task") {
-                Ok(_) => created += 1,
-                Err(e) => assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}"),
-            }
-        }
-
-        assert_eq!(created, 1);
-    }
-
-    #[tokio::test]
-    async fn prefix_search_pages_through_canonical_names_in_order() {
-        let (_dir, store) = open().await;
-        for name in ["Zoë", "zoey", "ZOLTAN", "Ωμέγα", "zo_y", "zp"] {
-            create(&store, name).await;
-        }
-
-        // Canonical order: "zo_y" < "zoey" < "zoltan" < "zoë" ('ë' is above ASCII).
-        let first = store.search_users("ZO", None, 2).await.expect("search");
-        assert_eq!(names(&first), ["zo_y", "zoey"]);
-        let cursor = first.next.expect("more results");
-        let second = store
-            .search_users("ZO", Some(&cursor), 2)
-            .await
-            .expect("search");
-        assert_eq!(names(&second), ["ZOLTAN", "Zoë"]);
-        assert_eq!(second.next, None);
-
-        let underscore = store.search_users("zo_", None, 10).await.expect("search");
-        assert_eq!(names(&underscore), ["zo_y"], "_ is no wildcard");
-        let percent = store.search_users("z%", None, 10).await.expect("search");
-        assert!(percent.items.is_empty(), "% is no wildcard");
-        let decomposed = store
-            .search_users("zoe\u{308}", None, 10)
-            .await
-            .expect("search");
-        assert_eq!(names(&decomposed), ["Zoë"]);
-        let greek = store.search_users("ΩΜ", None, 10).await.expect("search");
-        assert_eq!(names(&greek), ["Ωμέγα"]);
-        let everyone = store.search_users("", None, 10).await.expect("search");
-        assert_eq!(everyone.items.len(), 6);
-        let err = store.search_users("z", None, 0).await.expect_err("limit 0");
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    }
-
-    #[tokio::test]
-    async fn the_owner_is_the_first_member_and_membership_changes_report_whether_they_did() {
-        let (_dir, store) = open().await;
-        let owner = create(&store, "owner").await;
-        let bob = create(&store, "bob").await;
-
-        let group = store
-            .create_group(new_group("Team", owner.id))
-            .await
-            .expect("group is created");
-
-        assert_eq!((group.name.as_str(), group.owner), ("Team", owner.id));
-        assert_eq!(
-            store.group(group.id).await.expect("group"),
-            Some(group.clone())
-        );
-        assert_eq!(
-            store.group_by_name("TEAM").await.expect("by name"),
-            Some(group.clone())
-        );
-        let members = store.members(group.id, None, 10).await.expect("members");
-        assert_eq!(members.items, [owner.id]);
-        assert!(store.add_member(group.id, bob.id).await.expect("add"));
-        assert!(!store.add_member(group.id, bob.id).await.expect("add again"));
-        assert_eq!(
-            store.user_groups(bob.id).await.expect("groups"),
-            std::slice::from_ref(&group)
-        );
-        assert!(store.remove_member(group.id, bob.id).await.expect("remove"));
-        assert!(
-            !store
-                .remove_member(group.id, bob.id)
-                .await
-                .expect("remove again")
-        );
-        assert_eq!(store.user_groups(bob.id).await.expect("groups"), []);
-    }
-
-    #[tokio::test]
-    async fn group_operations_on_missing_groups_or_users_are_not_found() {
-        let (_dir, store) = open().await;
-        let owner = create(&store, "owner").await;
-        let group = store
-            .create_group(new_group("team", owner.id))
-            .await
-            .expect("group is created");
-
-        let missing_owner = store.create_group(new_group("other", UserId(99))).await;
-        assert_eq!(
-            missing_owner.expect_err("no owner").kind(),
-            ErrorKind::NotFound
-        );
-        let taken = store.create_group(new_group("TEAM", owner.id)).await;
-        assert_eq!(
-            taken.expect_err("name taken").kind(),
-            ErrorKind::AlreadyExists
-        );
-        let not_found = [
-            store.add_member(GroupId(99), owner.id).await.map(|_| ()),
-            store.add_member(group.id, UserId(99)).await.map(|_| ()),
-            store.remove_member(GroupId(99), owner.id).await.map(|_| ()),
-            store.remove_member(group.id, UserId(99)).await.map(|_| ()),
-            store.members(GroupId(99), None, 10).await.map(|_| ()),
-            store.user_groups(UserId(99)).await.map(|_| ()),
-        ];
-        for result in not_found {
-            assert_eq!(result.expect_err("missing").kind(), ErrorKind::NotFound);
-        }
-        assert_eq!(store.group(GroupId(99)).await.expect("group"), None);
-        assert_eq!(store.group_by_name("nope").await.expect("by name"), None);
-    }
-
-    #[tokio::test]
-    async fn members_are_paged_by_user_id_and_groups_listed_by_group_id() {
-        let (_dir, store) = open().await;
-        let owner = create(&store, "owner").await;
-        let bob = create(&store, "bob").await;
-        let carol = create(&store, "carol").await;
-        let first = store
-            .create_group(new_group("first", carol.id))
-            .await
-            .expect("group");
-        let second = store
-            .create_group(new_group("second", owner.id))
-            .await
-            .expect("group");
-        for user in [bob.id, owner.id] {
-            store.add_member(first.id, user).await.expect("add");
-        }
-        store.add_member(second.id, carol.id).await.expect("add");
-
-        let page = store.members(first.id, None, 2).await.expect("members");
-        assert_eq!(page.items, [owner.id, bob.id]);
-        let cursor = page.next.expect("more members");
-        let page = store
-            .members(first.id, Some(&cursor), 2)
-            .await
-            .expect("members");
-        assert_eq!(page.items, [carol.id]);
-        assert_eq!(page.next, None);
-        assert_eq!(
-            store.user_groups(carol.id).await.expect("groups"),
-            [first.clone(), second]
-        );
-
-        let bad = Cursor("not-an-id".into());
-        let err = store
-            .members(first.id, Some(&bad), 2)
-            .await
-            .expect_err("bad cursor");
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        let err = store.members(first.id, None, 0).await.expect_err("limit 0");
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
     #[tokio::test]
