@@ -198,7 +198,7 @@ impl ClientBuilder {
         let login = match (self.login, self.credentials) {
             (Some(login), _) => login,
             (None, Some((name, password))) => {
-                let credentials = Credentials { name, password };
+                let credentials = Credentials::new(name, password);
                 if self.register {
                     route.register(&credentials).await?;
                 }

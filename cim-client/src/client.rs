@@ -79,6 +79,7 @@ impl Client {
         let task = Task::new(
             Arc::clone(&settings),
             login,
+            route.clone(),
             command_rx,
             event_tx,
             status_tx,

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cim_proto::http::LoginResponse;
+use cim_proto::http::{LoginResponse, TokenResponse};
 use cim_proto::v1::{self, DeliveryAck, Ping};
 use cim_proto::{
     Body, DEFAULT_MAX_FRAME_LEN, ErrorCode, Frame, FrameCodec, FrameError, KickReason,
@@ -43,6 +43,7 @@ use crate::builder::{LoginFn, Settings};
 use crate::dedupe::{Arrival, Tracker};
 use crate::error::{ClientError, Result};
 use crate::event::{ConnectionState, DisconnectReason, Event, IncomingMessage};
+use crate::http::Route;
 use crate::message::{Conversation, SendReceipt};
 
 /// How long delivery acknowledgements are held to batch a burst.
@@ -304,6 +305,28 @@ struct Live {
     /// Whether reading is paused because the application is behind on events.
     read_paused: bool,
     next_ping_nonce: u64,
+    /// When to fetch a fresh token for this connection's login (before it expires), if the
+    /// server announced an expiry.
+    refresh_at: Option<Instant>,
+    /// A fresh token being fetched from the route.
+    refreshing: Option<oneshot::Receiver<Result<TokenResponse>>>,
+}
+
+/// How early, as a share of its remaining lifetime, a token is refreshed: at 80 % of it.
+const REFRESH_AT: f64 = 0.8;
+/// How long to wait before trying again after a refresh failed.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+
+/// When to refresh a token that expires at `expires_at_ms` (Unix ms; 0 means never).
+fn refresh_time(expires_at_ms: i64) -> Option<Instant> {
+    if expires_at_ms <= 0 {
+        return None;
+    }
+    let left_ms = expires_at_ms
+        .saturating_sub(unix_millis(SystemTime::now()))
+        .max(0);
+    let early = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)).mul_f64(REFRESH_AT);
+    Some(Instant::now() + early)
 }
 
 impl Live {
@@ -327,6 +350,8 @@ impl Live {
             last_tx: now,
             read_paused: false,
             next_ping_nonce: 1,
+            refresh_at: refresh_time(result.token_expires_at_ms),
+            refreshing: None,
         }
     }
 
@@ -453,6 +478,8 @@ async fn sleep_until(at: Option<Instant>) {
 pub(crate) struct Task {
     settings: Arc<Settings>,
     login: LoginFn,
+    /// The route, for fresh tokens.
+    route: Route,
     commands: mpsc::Receiver<Command>,
     events: EventSink,
     status: watch::Sender<Status>,
@@ -473,6 +500,7 @@ impl Task {
     pub(crate) fn new(
         settings: Arc<Settings>,
         login: LoginFn,
+        route: Route,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         status: watch::Sender<Status>,
@@ -482,6 +510,7 @@ impl Task {
         Task {
             settings,
             login,
+            route,
             commands,
             events: EventSink {
                 sender: Some(events),
@@ -584,6 +613,14 @@ impl Task {
                     Ok(())
                 }
                 () = sleep_until(wake_at), if wake_at.is_some() => self.on_timer(live).await,
+                () = sleep_until(live.refresh_at), if live.refresh_at.is_some() && live.refreshing.is_none() => {
+                    self.start_refresh(live);
+                    Ok(())
+                }
+                fresh = async { live.refreshing.as_mut()?.await.ok() }, if live.refreshing.is_some() => {
+                    live.refreshing = None;
+                    self.on_fresh_token(live, fresh).await
+                }
                 () = time::sleep_until(ping_at) => {
                     let nonce = live.next_ping_nonce;
                     live.next_ping_nonce += 1;
@@ -597,6 +634,45 @@ impl Task {
             };
             if let Err(ended) = outcome {
                 return ended;
+            }
+        }
+    }
+
+    /// Fetches a fresh token for this login from the route, without blocking the connection.
+    fn start_refresh(&mut self, live: &mut Live) {
+        let (done, result) = oneshot::channel();
+        let (route, token) = (self.route.clone(), self.status.borrow().token.clone());
+        tokio::spawn(async move {
+            let _ = done.send(route.refresh_token(&token).await);
+        });
+        live.refreshing = Some(result);
+    }
+
+    /// Hands a fresh token to the server and keeps it for the HTTP calls; on failure, tries
+    /// again a little later (the server closes the connection when the old token expires, and
+    /// the client then logs in again).
+    async fn on_fresh_token(
+        &mut self,
+        live: &mut Live,
+        fresh: Option<Result<TokenResponse>>,
+    ) -> std::result::Result<(), Ended> {
+        match fresh {
+            Some(Ok(fresh)) => {
+                live.refresh_at = None;
+                self.status
+                    .send_modify(|status| status.token = fresh.token.clone());
+                let frame =
+                    Frame::from(Body::RefreshToken(v1::RefreshToken { token: fresh.token }));
+                live.write(frame, self.settings.request_timeout).await
+            }
+            Some(Err(error)) => {
+                warn!(%error, "cannot refresh the login token; trying again");
+                live.refresh_at = Some(Instant::now() + REFRESH_RETRY);
+                Ok(())
+            }
+            None => {
+                live.refresh_at = Some(Instant::now() + REFRESH_RETRY);
+                Ok(())
             }
         }
     }
@@ -698,6 +774,9 @@ impl Task {
         };
         match body {
             Body::Pong(_) => {}
+            Body::TokenRefreshed(refreshed) => {
+                live.refresh_at = refresh_time(refreshed.expires_at_ms);
+            }
             Body::Deliver(deliver) => self.on_deliver(live, deliver),
             Body::SendAck(ack) => self.on_send_ack(ack),
             Body::Error(error) => return self.on_error(live, error),
@@ -830,9 +909,14 @@ impl Task {
                 reason,
                 text: kicked.text,
             },
-            KickReason::ServerShutdown | KickReason::Idle | KickReason::Unspecified => Ended::Lost(
-                format!("kicked ({}): {}", reason.as_str_name(), kicked.text),
-            ),
+            KickReason::ServerShutdown
+            | KickReason::Idle
+            | KickReason::TokenExpired
+            | KickReason::Unspecified => Ended::Lost(format!(
+                "kicked ({}): {}",
+                reason.as_str_name(),
+                kicked.text
+            )),
         }
     }
 

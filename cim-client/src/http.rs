@@ -11,7 +11,7 @@ use std::time::Duration;
 use cim_proto::http::{
     AddMemberRequest, CreateGroupRequest, Credentials, ErrorBody, GroupRole, GroupView,
     LoginResponse, MemberView, MessageView, OnlineUser, PageOf, ServerView, SetRoleRequest,
-    UpdateGroupRequest, UserView,
+    TokenResponse, UpdateGroupRequest, UserView,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::Deserialize;
@@ -137,6 +137,13 @@ impl Route {
         let url = self.url(&["login"], &[]);
         let request = self.request(Method::POST, url, None).json(credentials);
         self.call(request, "logging in").await
+    }
+
+    /// `POST /api/v1/token`: a fresh token for the login `token` belongs to.
+    pub(crate) async fn refresh_token(&self, token: &str) -> Result<TokenResponse> {
+        let url = self.url(&["token"], &[]);
+        let request = self.request(Method::POST, url, Some(token));
+        self.call(request, "refreshing the login token").await
     }
 
     /// `POST /api/v1/logout`.

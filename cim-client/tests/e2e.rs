@@ -17,8 +17,9 @@ use cim_core::embedded::memory::{
 };
 use cim_core::token::TokenKey;
 use cim_core::{NameRules, ServerId, Stores};
+use cim_pipeline::rate_limit::Allowance;
 use cim_pipeline::{LimitsConfig, RateLimit};
-use cim_route::{Route, RouteConfig};
+use cim_route::{LoginLimits, Route, RouteConfig};
 use cim_server::{RunningServer, Server, ServerConfig};
 use support::{next_event, next_message, wait_for_state, within};
 use tokio::net::TcpListener;
@@ -34,7 +35,7 @@ struct System {
 impl System {
     /// A route and one server per id, the route seeing every server.
     async fn start(server_ids: &[&str]) -> System {
-        Self::start_with(server_ids, RouteConfig::default(), generous_limits()).await
+        Self::start_with(server_ids, test_route_config(), generous_limits()).await
     }
 
     /// As [`System::start`], with the route's own configuration and limits.
@@ -112,6 +113,24 @@ impl System {
             .position(|server| server.id().as_str() == id)
             .expect("known server");
         self.servers.remove(at)
+    }
+}
+
+/// The route's defaults, with login and sign-up limits no test here reaches (every client
+/// comes from 127.0.0.1).
+fn test_route_config() -> RouteConfig {
+    let plenty = Allowance::new(10_000, Duration::from_millis(1));
+    RouteConfig {
+        logins: LoginLimits {
+            failures_per_account_and_source: plenty,
+            failures_per_account: plenty,
+            failures_per_source: plenty,
+            checks_per_account: 1_000,
+            checks_per_source: 1_000,
+            max_checks: 1_000,
+            signups_per_source: plenty,
+        },
+        ..RouteConfig::default()
     }
 }
 
@@ -223,7 +242,7 @@ async fn a_stored_message_no_frame_can_carry_is_skipped_with_an_event_and_delive
     let route_config = RouteConfig {
         max_request_len: 1 << 20,
         max_frame_len: 1 << 20,
-        ..RouteConfig::default()
+        ..test_route_config()
     };
     let system = System::start_with(&["s1"], route_config, route_limits).await;
     let (alice, _alice_events) = system.join("alice").await;
@@ -292,6 +311,32 @@ async fn a_stored_message_no_frame_can_carry_is_skipped_with_an_event_and_delive
     let mut bob_events = bob.events().expect("stream");
     alice.send_to_user(bob_id, "fresh").await.expect("stored");
     assert_eq!(next_body(&mut bob_events).await, "fresh");
+}
+
+#[tokio::test]
+async fn the_client_refreshes_its_token_so_its_connection_outlives_the_first_one() {
+    let route_config = RouteConfig {
+        token_ttl: Duration::from_secs(3),
+        ..test_route_config()
+    };
+    let system = System::start_with(&["s1"], route_config, generous_limits()).await;
+    let (alice, mut alice_events) = system.join("alice").await;
+    let (bob, _bob_events) = system.join("bob").await;
+    let connection = alice.info().connection_id;
+    // Past two lifetimes of the first token: the server would have closed a connection that
+    // kept it (Kicked TOKEN_EXPIRED, then a reconnect with a new connection id).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(alice.info().connection_id, connection, "never reconnected");
+    assert!(matches!(alice.state(), ConnectionState::Connected { .. }));
+    bob.send_to_user(alice.info().user_id, "still there?")
+        .await
+        .expect("stored");
+    assert_eq!(next_body(&mut alice_events).await, "still there?");
+    // And the HTTP calls use the fresh token.
+    alice
+        .my_groups()
+        .await
+        .expect("an HTTP call with the refreshed token");
 }
 
 #[tokio::test]

@@ -85,13 +85,7 @@ async fn connect_registers_logs_in_and_connects_to_the_server_the_route_chose() 
         .collect();
     assert_eq!(paths, ["POST /api/v1/accounts", "POST /api/v1/login"]);
     let credentials: Credentials = serde_json::from_str(&requests[1].body).expect("json body");
-    assert_eq!(
-        credentials,
-        Credentials {
-            name: "alice".into(),
-            password: "pw".into()
-        }
-    );
+    assert_eq!(credentials, Credentials::new("alice", "pw"));
 }
 
 #[tokio::test]

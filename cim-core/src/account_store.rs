@@ -5,7 +5,7 @@ use tokio::sync::OnceCell;
 
 use crate::{
     Cursor, Error, Group, GroupId, GroupSettings, Membership, NewGroup, NewUser, Page,
-    PasswordHash, Result, Role, Seq, User, UserId,
+    PasswordHash, Result, Role, Seq, Timestamp, User, UserId,
 };
 
 /// What an [`AccountStore`] backend can honour.
@@ -70,6 +70,12 @@ impl AccountCapabilities {
 ///   whoever adds them, even racing the ban. [`unban`](Self::unban) lifts it (the user is not
 ///   added back). Bans are listed by user id with a cursor. Each answers whether it changed
 ///   anything.
+/// - **Revoked logins.** [`revoke_session`](Self::revoke_session) marks a login (the
+///   `session_id` every token of one login shares, refreshed ones included) revoked until a
+///   time, the latest its tokens can expire; [`is_session_revoked`](Self::is_session_revoked)
+///   answers true from then on, on every node, until that time has passed (its tokens are
+///   expired then anyway, and the store may forget it). Revoking again keeps the later time.
+///   A session id is 1 to [`MAX_SESSION_ID_LEN`] bytes (`InvalidInput` otherwise).
 /// - **Errors.** `InvalidInput` for a limit of 0, `Unavailable` / `Timeout` for an unreachable
 ///   backend, `Unsupported` outside the capabilities.
 #[async_trait]
@@ -165,11 +171,33 @@ pub trait AccountStore: Send + Sync + 'static {
     /// The groups `user` is a member of, by group id.
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>>;
 
+    /// Revokes every token of the login `session_id` until `until`.
+    async fn revoke_session(&self, session_id: &str, until: Timestamp) -> Result<()>;
+
+    /// Whether the login `session_id` is revoked now.
+    async fn is_session_revoked(&self, session_id: &str) -> Result<bool>;
+
     /// Whether `user` is a member of `group`: one look-up, whatever the number of groups or
     /// members. False, not an error, when the group or the user does not exist (so a caller
     /// can give outsiders one answer for both), and for the built-in "all" group, which is
     /// never stored.
     async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool>;
+}
+
+/// The longest login session id a store keeps, in bytes (the ids cim issues are 32).
+pub const MAX_SESSION_ID_LEN: usize = 64;
+
+/// `InvalidInput` unless `session_id` is 1 to [`MAX_SESSION_ID_LEN`] bytes: the check every
+/// backend makes first in [`AccountStore::revoke_session`] and
+/// [`AccountStore::is_session_revoked`].
+pub fn check_session_id(session_id: &str) -> Result<()> {
+    if session_id.is_empty() || session_id.len() > MAX_SESSION_ID_LEN {
+        return Err(Error::invalid_input(format!(
+            "a session id is 1 to {MAX_SESSION_ID_LEN} bytes, got {}",
+            session_id.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A hash of nothing in particular, checked against when the user does not exist.

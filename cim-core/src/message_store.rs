@@ -5,9 +5,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    Appended, ConversationId, Cursor, GroupId, HistoryQuery, NewMessage, Page, Result, ScheduledId,
-    ScheduledMessage, Seq, StoredMessage, Timestamp, UserId,
+    Appended, ConversationId, Cursor, GroupId, HistoryQuery, NewMessage, Page, Result, Scheduled,
+    ScheduledId, ScheduledMessage, Seq, StoredMessage, Timestamp, UserId,
 };
+
+/// How long a store recognises a retry of a message or a schedule, at least: a retry (same
+/// sender, same `client_msg_id`) within this time of the first attempt is a duplicate. A
+/// backend may remember longer (the SQL backends remember forever); clients retry within
+/// seconds or minutes, so a day is a wide margin.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What a [`MessageStore`] backend can honour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +62,10 @@ impl MessageCapabilities {
 ///   every earlier message of its conversation, so a reader that acknowledges up to what it saw
 ///   never skips one still being written.
 /// - **Idempotency.** Appending again with the same sender and `client_msg_id` stores nothing and
-///   returns the first result with `duplicate: true`, whatever the new body says.
+///   returns the first result with `duplicate: true`, whatever the new body says. The same holds
+///   for [`schedule`](Self::schedule): scheduling again returns the first entry with
+///   `duplicate: true`, while it waits and after it was delivered and finished. Retries are
+///   recognised for at least [`DEDUP_WINDOW`] after the first attempt.
 /// - **History.** [`history`](Self::history) pages a conversation by sequence number in either
 ///   direction ([`HistoryQuery`]), always in ascending order.
 /// - **Delivery cursors.** Each user has a cursor per conversation: the highest sequence the user
@@ -78,10 +87,11 @@ impl MessageCapabilities {
 ///   [`claim_due`](Self::claim_due) hands due messages to one caller at a time: a claimed entry is
 ///   not handed out again until the claim expires, so a claimer that dies is replaced by another.
 ///   The claimer appends the message (idempotent by `client_msg_id`) and then calls
-///   [`finish_scheduled`](Self::finish_scheduled).
+///   [`finish_scheduled`](Self::finish_scheduled), after which the entry is never handed out
+///   again (but still recognised by a retry of its `schedule`, for the dedup window).
 /// - **Errors.** `InvalidInput` for a bad message (see [`NewMessage::validate`]), an empty query,
 ///   a limit of 0, or an ack beyond the conversation's last sequence; `NotFound` for an unknown
-///   schedule entry; `Unavailable` / `Timeout` for an unreachable backend; `Unsupported` outside
+///   or already finished schedule entry; `Unavailable` / `Timeout` for an unreachable backend; `Unsupported` outside
 ///   the capabilities.
 ///
 /// [`MessageId`]: crate::MessageId
@@ -132,12 +142,8 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Deletes every message sent before `cutoff`; returns how many.
     async fn delete_before(&self, cutoff: Timestamp) -> Result<u64>;
 
-    /// Keeps `message` until `deliver_at`.
-    async fn schedule(
-        &self,
-        message: NewMessage,
-        deliver_at: Timestamp,
-    ) -> Result<ScheduledMessage>;
+    /// Keeps `message` until `deliver_at`; a retry answers the first entry.
+    async fn schedule(&self, message: NewMessage, deliver_at: Timestamp) -> Result<Scheduled>;
 
     /// Up to `limit` entries due at `now` and not claimed, claimed for `claim_for`.
     async fn claim_due(
@@ -147,6 +153,6 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<ScheduledMessage>>;
 
-    /// Removes a delivered schedule entry.
+    /// Marks a schedule entry delivered: never handed out again.
     async fn finish_scheduled(&self, id: ScheduledId) -> Result<()>;
 }

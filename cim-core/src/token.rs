@@ -5,6 +5,13 @@
 //! directory). It names the user and expires; nothing else is trusted from the client. Unlike
 //! the original cim, where any TCP login frame naming a user id was believed, a connection
 //! proves who it is.
+//!
+//! Every token also names its login: a random *session id*, new at each login and kept by the
+//! tokens [refreshed](TokenKey::refresh) from it. Logging out revokes the session id (in the
+//! [`AccountStore`](crate::AccountStore)), which ends every token of that login at once, on
+//! every node, before they expire. A second kind of token, an [invitation](TokenKey::invite),
+//! lets a deployment that closes sign-ups hand out the right to create one account; it opens
+//! nothing else.
 
 use std::fmt;
 use std::time::Duration;
@@ -18,7 +25,7 @@ use crate::{Error, Result, Timestamp, UserId};
 /// The shortest secret accepted, in bytes: HMAC-SHA256 wants at least its output size.
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// What a valid token says.
+/// What a valid login token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     /// The user the token was issued to.
@@ -27,7 +34,22 @@ pub struct Claims {
     pub user_name: String,
     /// When the token stops being valid.
     pub expires_at: Timestamp,
+    /// The login this token belongs to: shared by the tokens refreshed from it, what logging
+    /// out revokes.
+    pub session_id: String,
 }
+
+/// What a valid invitation says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// The only name the invited account may take, when the invitation names one.
+    pub name: Option<String>,
+    /// When the invitation stops being valid.
+    pub expires_at: Timestamp,
+}
+
+/// The `pur` claim of an invitation; login tokens have none.
+const INVITATION: &str = "invite";
 
 /// The JWT payload (registered claim names, seconds since the epoch).
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,6 +58,11 @@ struct JwtClaims {
     name: String,
     exp: u64,
     iat: u64,
+    /// The session id.
+    sid: String,
+    /// What the token is for, if not a login: `invite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pur: Option<String>,
 }
 
 /// Issues and verifies tokens with one shared secret.
@@ -67,22 +94,67 @@ impl TokenKey {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// A token for `user_id` / `user_name`, valid for `ttl` from now (whole seconds), and
-    /// when it expires.
+    /// A token for a new login of `user_id` / `user_name`, valid for `ttl` from now (whole
+    /// seconds), and when it expires.
     pub fn issue(
         &self,
         user_id: UserId,
         user_name: &str,
         ttl: Duration,
     ) -> Result<(String, Timestamp)> {
-        self.issue_until(user_id, user_name, Timestamp::now().plus(ttl))
+        let session = random_id();
+        self.sign(
+            user_id,
+            user_name,
+            &session,
+            None,
+            Timestamp::now().plus(ttl),
+        )
+    }
+
+    /// A new token for the login of `claims` (same user, same session id), valid for `ttl` from
+    /// now: what a client swaps its token for before it expires.
+    pub fn refresh(&self, claims: &Claims, ttl: Duration) -> Result<(String, Timestamp)> {
+        self.sign(
+            claims.user_id,
+            &claims.user_name,
+            &claims.session_id,
+            None,
+            Timestamp::now().plus(ttl),
+        )
+    }
+
+    /// An invitation to create one account (named `name`, if given), valid for `ttl`.
+    pub fn invite(&self, name: Option<&str>, ttl: Duration) -> Result<(String, Timestamp)> {
+        self.sign(
+            UserId(0),
+            name.unwrap_or_default(),
+            &random_id(),
+            Some(INVITATION),
+            Timestamp::now().plus(ttl),
+        )
+    }
+
+    /// The invitation `token` is, or `Unauthenticated` if it is none (a login token included),
+    /// malformed, signed with another secret, or expired.
+    pub fn verify_invitation(&self, token: &str) -> Result<Invitation> {
+        let claims = self.decode(token)?;
+        if claims.pur.as_deref() != Some(INVITATION) {
+            return Err(Error::unauthenticated("this is not an invitation"));
+        }
+        Ok(Invitation {
+            name: Some(claims.name).filter(|name| !name.is_empty()),
+            expires_at: from_seconds(claims.exp),
+        })
     }
 
     /// A token that expires at `expires_at` (rounded down to the second).
-    fn issue_until(
+    fn sign(
         &self,
         user_id: UserId,
         user_name: &str,
+        session_id: &str,
+        purpose: Option<&str>,
         expires_at: Timestamp,
     ) -> Result<(String, Timestamp)> {
         let claims = JwtClaims {
@@ -90,15 +162,39 @@ impl TokenKey {
             name: user_name.to_string(),
             exp: seconds(expires_at),
             iat: seconds(Timestamp::now()),
+            sid: session_id.to_string(),
+            pur: purpose.map(str::to_string),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::internal("cannot sign a token").with_source(e))?;
         Ok((token, from_seconds(claims.exp)))
     }
 
-    /// The claims of `token`, or [`Unauthenticated`](crate::ErrorKind::Unauthenticated) if it is
-    /// malformed, signed with another secret, or expired.
+    /// The claims of login `token`, or [`Unauthenticated`](crate::ErrorKind::Unauthenticated)
+    /// if it is malformed, signed with another secret, expired, or not a login token (an
+    /// invitation). Whether its login was revoked is the AccountStore's to say
+    /// ([`is_session_revoked`](crate::AccountStore::is_session_revoked)).
     pub fn verify(&self, token: &str) -> Result<Claims> {
+        let claims = self.decode(token)?;
+        if claims.pur.is_some() {
+            return Err(Error::unauthenticated(
+                "this token is not a login token; log in through the route",
+            ));
+        }
+        let user_id = claims
+            .sub
+            .parse::<UserId>()
+            .map_err(|_| Error::unauthenticated("the token names no valid user id"))?;
+        Ok(Claims {
+            user_id,
+            user_name: claims.name,
+            expires_at: from_seconds(claims.exp),
+            session_id: claims.sid,
+        })
+    }
+
+    /// The payload of a token signed with this key and not expired.
+    fn decode(&self, token: &str) -> Result<JwtClaims> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -115,17 +211,15 @@ impl TokenKey {
                 };
                 Error::unauthenticated(why).with_source(e)
             })?;
-        let user_id = data
-            .claims
-            .sub
-            .parse::<UserId>()
-            .map_err(|_| Error::unauthenticated("the token names no valid user id"))?;
-        Ok(Claims {
-            user_id,
-            user_name: data.claims.name,
-            expires_at: from_seconds(data.claims.exp),
-        })
+        Ok(data.claims)
     }
+}
+
+/// A random 128-bit id, hex-encoded (32 characters).
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn seconds(at: Timestamp) -> u64 {
@@ -172,7 +266,7 @@ mod tests {
     fn expired_and_malformed_tokens_are_unauthenticated() {
         let expired_at = Timestamp::now().minus(Duration::from_secs(10));
         let (token, _) = key(1)
-            .issue_until(UserId(1), "a", expired_at)
+            .sign(UserId(1), "a", "s", None, expired_at)
             .expect("issue");
         let err = key(1).verify(&token).expect_err("expired");
         assert_eq!(err.kind(), ErrorKind::Unauthenticated);
@@ -183,6 +277,47 @@ mod tests {
                 ErrorKind::Unauthenticated
             );
         }
+    }
+
+    #[test]
+    fn a_refreshed_token_keeps_the_login_and_a_new_login_gets_another() {
+        let (first, _) = key(1)
+            .issue(UserId(7), "bob", Duration::from_secs(60))
+            .expect("issue");
+        let claims = key(1).verify(&first).expect("valid");
+        assert_eq!(claims.session_id.len(), 32);
+        let (refreshed, expires_at) = key(1)
+            .refresh(&claims, Duration::from_secs(3600))
+            .expect("refresh");
+        let again = key(1).verify(&refreshed).expect("valid");
+        assert_eq!(again.session_id, claims.session_id, "same login");
+        assert_eq!((again.user_id, again.expires_at), (UserId(7), expires_at));
+        let (other, _) = key(1)
+            .issue(UserId(7), "bob", Duration::from_secs(60))
+            .expect("issue");
+        let other = key(1).verify(&other).expect("valid");
+        assert_ne!(other.session_id, claims.session_id, "a new login");
+    }
+
+    #[test]
+    fn invitations_and_login_tokens_are_never_taken_for_one_another() {
+        let (invite, _) = key(1)
+            .invite(Some("carol"), Duration::from_secs(60))
+            .expect("invite");
+        let invitation = key(1).verify_invitation(&invite).expect("an invitation");
+        assert_eq!(invitation.name.as_deref(), Some("carol"));
+        assert_eq!(
+            key(1).verify(&invite).expect_err("no login").kind(),
+            ErrorKind::Unauthenticated
+        );
+        let (login, _) = key(1)
+            .issue(UserId(1), "a", Duration::from_secs(60))
+            .expect("issue");
+        assert!(key(1).verify_invitation(&login).is_err(), "no invitation");
+        let (open, _) = key(1)
+            .invite(None, Duration::from_secs(60))
+            .expect("invite");
+        assert_eq!(key(1).verify_invitation(&open).expect("valid").name, None);
     }
 
     #[test]

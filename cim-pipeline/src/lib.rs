@@ -67,7 +67,7 @@ pub use dispatch::Dispatcher;
 pub use local::LocalConnections;
 pub use message::{Accepted, SendRequest, Sender};
 pub use peer::PeerPool;
-pub use rate_limit::{PerUser, RateLimit, TokenBucket};
+pub use rate_limit::{Allowance, Keyed, PerUser, RateLimit, TokenBucket};
 
 /// The message pipeline of one process: cheap to clone, clones share everything (the rate
 /// limits included, so a user's connections and HTTP calls draw from one bucket).
@@ -146,7 +146,7 @@ impl Pipeline {
         let inner = &self.inner;
         let valid = validate::request(&inner.limits, sender, request, Timestamp::now())?;
         let now = Instant::now();
-        inner.messages.take(sender.id, now).map_err(|wait| {
+        inner.messages.take(&sender.id, now).map_err(|wait| {
             cim_core::Error::rate_limited(
                 format!(
                     "more than {} messages per second; slow down",
@@ -164,7 +164,7 @@ impl Pipeline {
         )
         .await?;
         if to == Recipient::Group(GroupId::ALL) {
-            inner.broadcasts.take(sender.id, now).map_err(|wait| {
+            inner.broadcasts.take(&sender.id, now).map_err(|wait| {
                 cim_core::Error::rate_limited(
                     format!(
                         "more than {} messages per second to \"all\"; slow down",

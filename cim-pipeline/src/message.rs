@@ -51,8 +51,10 @@ pub enum Accepted {
     },
     /// Kept until it is due.
     Scheduled {
-        /// The schedule entry.
+        /// The schedule entry (for a duplicate: the one made the first time).
         entry: ScheduledMessage,
+        /// True when this was a retry of an earlier send with the same `client_msg_id`.
+        duplicate: bool,
     },
 }
 
@@ -61,7 +63,7 @@ impl Accepted {
     pub fn conversation(&self) -> ConversationId {
         match self {
             Accepted::Stored { message, .. } => message.conversation,
-            Accepted::Scheduled { entry } => entry.message.conversation(),
+            Accepted::Scheduled { entry, .. } => entry.message.conversation(),
         }
     }
 }

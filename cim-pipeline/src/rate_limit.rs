@@ -1,4 +1,5 @@
-//! Rate limits: a [`TokenBucket`], and [`PerUser`] buckets shared by every entry point.
+//! Rate limits: a [`TokenBucket`], and [`Keyed`] buckets (one per user, per account, per source
+//! address) shared by every entry point.
 //!
 //! Every message costs the store a write and the cluster a fan-out, so one user must not be able
 //! to send without bound, whichever way they send: all their connections to a server, and the
@@ -11,6 +12,7 @@
 //! `Retry-After`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -35,6 +37,51 @@ impl RateLimit {
     }
 }
 
+/// A slow allowance: `burst` at once, one more every `refill` (for what is counted per minute
+/// or hour rather than per second: failed logins, sign-ups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allowance {
+    /// How many at once after a quiet period (at least 1).
+    pub burst: u32,
+    /// How long until one more is allowed. Written like `1m`.
+    #[serde(with = "humantime_serde")]
+    pub refill: Duration,
+}
+
+impl Allowance {
+    /// `burst` at once, one more every `refill`.
+    pub const fn new(burst: u32, refill: Duration) -> Self {
+        Allowance { burst, refill }
+    }
+}
+
+/// The shape of a bucket: how many tokens it holds and how fast it refills.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refill {
+    capacity: f64,
+    per_second: f64,
+}
+
+impl From<RateLimit> for Refill {
+    fn from(limit: RateLimit) -> Self {
+        Refill {
+            capacity: f64::from(limit.burst.max(1)),
+            per_second: f64::from(limit.per_second.max(1)),
+        }
+    }
+}
+
+impl From<Allowance> for Refill {
+    fn from(allowance: Allowance) -> Self {
+        let every = allowance.refill.as_secs_f64().max(1e-3);
+        Refill {
+            capacity: f64::from(allowance.burst.max(1)),
+            per_second: 1.0 / every,
+        }
+    }
+}
+
 /// A token bucket.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -45,14 +92,29 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket for `limit`.
-    pub fn new(limit: RateLimit, now: Instant) -> Self {
-        let capacity = f64::from(limit.burst.max(1));
+    /// A full bucket for `limit` (a [`RateLimit`] or an [`Allowance`]).
+    pub fn new(limit: impl Into<Refill>, now: Instant) -> Self {
+        let Refill {
+            capacity,
+            per_second,
+        } = limit.into();
         TokenBucket {
             capacity,
-            per_second: f64::from(limit.per_second.max(1)),
+            per_second,
             tokens: capacity,
             updated: now,
+        }
+    }
+
+    /// When there is no token at `now`, how long until there is (without taking any).
+    pub fn check(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_second,
+            ))
         }
     }
 
@@ -87,25 +149,31 @@ const SWEEP_AT: usize = 1024;
 /// Independent locks, so that senders on different cores rarely wait for each other.
 const SHARDS: usize = 16;
 
-/// One [`TokenBucket`] per user, created on first use and forgotten once full again, so memory
-/// follows the users active in the last `burst / per_second` seconds.
+/// One [`TokenBucket`] per key (a user, an account name, a source address), created on first
+/// use and forgotten once full again, so memory follows the keys active in the last
+/// `burst / rate` seconds.
 #[derive(Debug)]
-pub struct PerUser {
-    limit: RateLimit,
-    shards: Vec<Mutex<Shard>>,
+pub struct Keyed<K> {
+    refill: Refill,
+    hasher: RandomState,
+    shards: Vec<Mutex<Shard<K>>>,
 }
 
+/// Buckets per user: the message limit of every entry point.
+pub type PerUser = Keyed<UserId>;
+
 #[derive(Debug)]
-struct Shard {
-    buckets: HashMap<UserId, TokenBucket>,
+struct Shard<K> {
+    buckets: HashMap<K, TokenBucket>,
     sweep_at: usize,
 }
 
-impl PerUser {
-    /// Buckets of `limit`, none yet.
-    pub fn new(limit: RateLimit) -> Self {
-        PerUser {
-            limit,
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    /// Buckets of `limit` (a [`RateLimit`] or an [`Allowance`]), none yet.
+    pub fn new(limit: impl Into<Refill>) -> Self {
+        Keyed {
+            refill: limit.into(),
+            hasher: RandomState::new(),
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
@@ -117,14 +185,23 @@ impl PerUser {
         }
     }
 
-    /// The limit every bucket has.
-    pub fn limit(&self) -> RateLimit {
-        self.limit
+    /// Takes a token from `key`'s bucket; when empty, how long until the next token.
+    pub fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        self.with_bucket(key, now, |bucket| bucket.take(now))
     }
 
-    /// Takes a token from `user`'s bucket; when empty, how long until the next token.
-    pub fn take(&self, user: UserId, now: Instant) -> Result<(), Duration> {
-        let index = usize::try_from(user.0 % SHARDS as u64).unwrap_or(0);
+    /// Whether `key`'s bucket has a token (taking none); when empty, how long until it has.
+    pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        self.with_bucket(key, now, |bucket| bucket.check(now))
+    }
+
+    /// Whether `key`'s bucket is full at `now`: it has taken nothing lately.
+    pub fn is_full(&self, key: &K, now: Instant) -> bool {
+        self.with_bucket(key, now, |bucket| bucket.is_full(now))
+    }
+
+    fn with_bucket<T>(&self, key: &K, now: Instant, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
+        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
         // Every critical section is one map operation: a panic cannot leave it half-done.
         let mut shard = self.shards[index]
             .lock()
@@ -133,15 +210,15 @@ impl PerUser {
             shard.buckets.retain(|_, bucket| !bucket.is_full(now));
             shard.sweep_at = (shard.buckets.len() * 2).max(SWEEP_AT);
         }
-        let limit = self.limit;
-        shard
+        let refill = self.refill;
+        let bucket = shard
             .buckets
-            .entry(user)
-            .or_insert_with(|| TokenBucket::new(limit, now))
-            .take(now)
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::new(refill, now));
+        f(bucket)
     }
 
-    /// How many users have a bucket now (for tests and metrics).
+    /// How many keys have a bucket now (for tests and metrics).
     pub fn tracked(&self) -> usize {
         self.shards
             .iter()
@@ -189,26 +266,53 @@ mod tests {
     fn users_have_separate_buckets() {
         let now = Instant::now();
         let limits = PerUser::new(RateLimit::new(1, 1));
-        assert_eq!(limits.take(UserId(1), now), Ok(()));
-        assert!(limits.take(UserId(1), now).is_err());
-        assert_eq!(limits.take(UserId(2), now), Ok(()), "another user");
+        assert_eq!(limits.take(&UserId(1), now), Ok(()));
+        assert!(limits.take(&UserId(1), now).is_err());
+        assert_eq!(limits.take(&UserId(2), now), Ok(()), "another user");
     }
 
     #[test]
-    fn full_buckets_are_forgotten_so_memory_follows_active_users() {
+    fn an_allowance_refills_slowly_and_check_takes_nothing() {
+        let start = Instant::now();
+        let failures = Keyed::<String>::new(Allowance::new(2, Duration::from_secs(60)));
+        let alice = "alice".to_string();
+        assert_eq!(failures.check(&alice, start), Ok(()));
+        assert!(failures.is_full(&alice, start));
+        failures.take(&alice, start).expect("first");
+        failures.take(&alice, start).expect("second");
+        let wait = failures.check(&alice, start).expect_err("empty");
+        assert_eq!(wait, Duration::from_secs(60));
+        assert!(
+            failures
+                .check(&alice, start + Duration::from_secs(59))
+                .is_err()
+        );
+        assert_eq!(
+            failures.check(&alice, start + Duration::from_secs(60)),
+            Ok(())
+        );
+        assert!(!failures.is_full(&alice, start + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn full_buckets_are_forgotten_so_memory_follows_active_keys() {
         let start = Instant::now();
         let limits = PerUser::new(RateLimit::new(1000, 1));
-        for user in 0..(SWEEP_AT * SHARDS) as u64 {
-            limits.take(UserId(user), start).expect("first message");
+        let keys = (SWEEP_AT * SHARDS * 2) as u64;
+        for user in 0..keys {
+            limits.take(&UserId(user), start).expect("first message");
         }
-        assert_eq!(limits.tracked(), SWEEP_AT * SHARDS);
-        // A second later every bucket is full again; the next takes sweep them.
+        assert_eq!(limits.tracked(), keys as usize, "all of them are active");
+        // A second later those buckets are full again; the sweeps that four times as many new
+        // users cause forget every one of them.
         let later = start + Duration::from_secs(1);
-        for user in 0..SHARDS as u64 {
-            limits
-                .take(UserId(1_000_000 + user), later)
-                .expect("new user");
+        for user in keys..5 * keys {
+            limits.take(&UserId(user), later).expect("new user");
         }
-        assert_eq!(limits.tracked(), SHARDS, "only the users active now");
+        assert_eq!(
+            limits.tracked(),
+            4 * keys as usize,
+            "only the users active now are tracked"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! is) or kept there until it is due; only then is it acknowledged and dispatched. A retry with
 //! the same `client_msg_id` stores nothing new: the store answers with the first message, which
 //! is acknowledged and dispatched again (its first attempt may have been stored by a process
-//! that died before delivering it; recipients drop what they already have).
+//! that died before delivering it; recipients drop what they already have), or with the first
+//! schedule entry, acknowledged the same way again.
 
 use std::sync::Arc;
 
@@ -17,8 +18,11 @@ use crate::validate::Valid;
 pub(crate) async fn accept(messages: &dyn MessageStore, valid: Valid) -> Result<Accepted> {
     match valid.deliver_at {
         Some(at) => {
-            let entry = messages.schedule(valid.message, at).await?;
-            Ok(Accepted::Scheduled { entry })
+            let scheduled = messages.schedule(valid.message, at).await?;
+            Ok(Accepted::Scheduled {
+                entry: scheduled.entry,
+                duplicate: scheduled.duplicate,
+            })
         }
         None => {
             let appended = messages.append(valid.message).await?;

@@ -1,9 +1,11 @@
-//! [`Auth`]: the bearer token every endpoint but account creation, login and health requires.
+//! [`Auth`]: the bearer token every endpoint but account creation, login and health requires;
+//! [`Admin`]: the admin credential of the admin API.
 //!
 //! Tokens are the JWTs the route issues at login, signed with the deployment's shared secret, so
-//! checking one needs no backend call: any route (or server) verifies it on its own. A handler
-//! that takes `Auth` cannot run for a caller without a valid token; the claims it carries are
-//! who the caller is, and nothing in the request body can say otherwise.
+//! any route (or server) verifies one on its own; one look-up in the AccountStore tells whether
+//! its login was revoked (logged out) since. A handler that takes `Auth` cannot run for a caller
+//! without a valid token; the claims it carries are who the caller is, and nothing in the
+//! request body can say otherwise.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -47,8 +49,82 @@ impl FromRequestParts<SharedState> for Auth {
                 "this token belongs to an internal link, not to a user; log in as a user",
             ));
         }
+        if state
+            .stores
+            .accounts
+            .is_session_revoked(&claims.session_id)
+            .await?
+        {
+            return Err(ApiError::unauthenticated(
+                "this login was ended (logged out); log in again",
+            ));
+        }
         Ok(Auth(claims))
     }
+}
+
+/// The caller presented the admin credential (`[route] admin_token`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admin;
+
+impl Admin {
+    /// Whether `parts` carry the admin credential; `Unauthenticated` when they carry another
+    /// bearer token is the caller's problem, so this only answers yes or no.
+    pub(crate) fn presented(parts: &Parts, state: &SharedState) -> bool {
+        let Some(expected) = &state.config.admin_token else {
+            return false;
+        };
+        parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_token)
+            .is_some_and(|token| constant_time_eq(token.as_bytes(), expected.expose().as_bytes()))
+    }
+}
+
+impl FromRequestParts<SharedState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.config.admin_token.is_none() {
+            return Err(cim_core::Error::permission_denied(
+                "the admin API is off: set [route] admin_token to use it",
+            )
+            .into());
+        }
+        if Admin::presented(parts, state) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::unauthenticated(
+                "this endpoint needs `Authorization: Bearer <admin token>` ([route] admin_token)",
+            ))
+        }
+    }
+}
+
+/// Whether the caller presented the admin credential: an extractor that never refuses, for
+/// endpoints open to everyone that the admin may use with more rights (sign-up).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdminPresented(pub(crate) bool);
+
+impl FromRequestParts<SharedState> for AdminPresented {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(AdminPresented(Admin::presented(parts, state)))
+    }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// The token of a `Bearer <token>` header value (the scheme is case-insensitive).
@@ -61,6 +137,13 @@ fn bearer_token(value: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_credential_is_compared_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret!"));
+    }
 
     #[test]
     fn bearer_tokens_are_taken_from_the_header_value() {

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use cim_core::SecretString;
+use cim_pipeline::rate_limit::Allowance;
 use serde::{Deserialize, Serialize};
 
 /// The route's settings: where it listens and how it treats logins and requests.
@@ -57,6 +59,75 @@ pub struct RouteConfig {
     /// HTTP connections never takes the descriptors a server in the same process needs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// The header a reverse proxy in front of the route puts the client's address in
+    /// (`x-forwarded-for`, say); its last address is the client's for the per-source limits.
+    /// Unset (the default): the TCP peer's address. Set it only when every request comes
+    /// through that proxy, or a client could name any address it likes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_address_header: Option<String>,
+    /// Who may create accounts: `open` (anyone, the default), `invitation` (with an invitation
+    /// from `POST /api/v1/admin/invitations`) or `admin` (only the admin, with the admin
+    /// token).
+    pub signups: SignupPolicy,
+    /// The admin credential: a bearer token that opens the admin API (`/api/v1/admin/...`) and
+    /// creates accounts under any sign-up policy. Unset (the default): no admin API. At least
+    /// 32 random bytes; prefer `CIM_ROUTE__ADMIN_TOKEN` to writing it in a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<SecretString>,
+    /// How often, and how many at once, logins and sign-ups may check a password.
+    pub logins: LoginLimits,
+}
+
+/// Who may create accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignupPolicy {
+    /// Anyone (limited per source address by `[route.logins] signups_per_source`).
+    #[default]
+    Open,
+    /// Whoever has an invitation the admin made.
+    Invitation,
+    /// Only the admin.
+    Admin,
+}
+
+/// The `[route.logins]` section: the throttle in front of password checks (see the route's
+/// `throttle` module). A login over an allowance is refused with `429` and `Retry-After`
+/// before any password is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginLimits {
+    /// Wrong passwords for one account from one source address. Default 5 at once, one more a
+    /// minute.
+    pub failures_per_account_and_source: Allowance,
+    /// Wrong passwords for one account from all addresses together: looser, so that attackers
+    /// are throttled long before the account's owner. Default 50, one more every 10 seconds.
+    pub failures_per_account: Allowance,
+    /// Wrong passwords from one source address for all accounts. Default 50, one more every
+    /// 6 seconds.
+    pub failures_per_source: Allowance,
+    /// Password checks in flight for one account. Default 2.
+    pub checks_per_account: usize,
+    /// Password checks (logins and sign-ups) in flight from one source address. Default 8.
+    pub checks_per_source: usize,
+    /// Password checks in flight in all; more are refused rather than queued. Default 256.
+    pub max_checks: usize,
+    /// Accounts created from one source address. Default 5, one more every 10 minutes.
+    pub signups_per_source: Allowance,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        LoginLimits {
+            failures_per_account_and_source: Allowance::new(5, Duration::from_secs(60)),
+            failures_per_account: Allowance::new(50, Duration::from_secs(10)),
+            failures_per_source: Allowance::new(50, Duration::from_secs(6)),
+            checks_per_account: 2,
+            checks_per_source: 8,
+            max_checks: 256,
+            signups_per_source: Allowance::new(5, Duration::from_secs(600)),
+        }
+    }
 }
 
 /// What a second login of an online user does.
@@ -69,6 +140,39 @@ pub enum LoginPolicy {
     Replace,
     /// The login fails with 409 while the user is online.
     Reject,
+}
+
+impl RouteConfig {
+    /// Checks the values against each other; the error names the key to fix.
+    pub fn validate(&self) -> cim_core::Result<()> {
+        if let Some(token) = &self.admin_token
+            && token.expose().len() < 32
+        {
+            return Err(cim_core::Error::config(
+                "[route] admin_token is shorter than 32 bytes; use a long random value, e.g. \
+                 the output of: openssl rand -hex 32",
+            ));
+        }
+        if self.signups == SignupPolicy::Invitation && self.admin_token.is_none() {
+            return Err(cim_core::Error::config(
+                "[route] signups = \"invitation\" needs [route] admin_token: invitations are \
+                 made with the admin API",
+            ));
+        }
+        for (key, value) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+            ("request_timeout", self.request_timeout),
+            ("token_ttl", self.token_ttl),
+        ] {
+            if value.is_zero() {
+                return Err(cim_core::Error::config(format!(
+                    "[route] {key} must be longer than zero"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for RouteConfig {
@@ -87,6 +191,10 @@ impl Default for RouteConfig {
             body_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: None,
+            client_address_header: None,
+            signups: SignupPolicy::Open,
+            admin_token: None,
+            logins: LoginLimits::default(),
         }
     }
 }

@@ -5,13 +5,17 @@
 //! into the API's error body, with status 400 (413 for a body over the size limit), so a client
 //! sees one error format whatever went wrong.
 
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::state::SharedState;
 
 /// A JSON request body.
 #[derive(Debug)]
@@ -81,5 +85,38 @@ where
             .await
             .map(|axum::extract::Path(value)| PathParams(value))
             .map_err(|rejection: PathRejection| ApiError::invalid_input(rejection.body_text()))
+    }
+}
+
+/// The address the request came from: the last address of the `[route]
+/// client_address_header` when one is configured (the address the trusted proxy in front of
+/// the route saw), otherwise the TCP peer when the router is served by
+/// [`Route::serve`](crate::Route::serve); `None` when neither is known (an embedder serving the
+/// router without `ConnectInfo`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Source(pub(crate) Option<IpAddr>);
+
+impl FromRequestParts<SharedState> for Source {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(header) = &state.config.client_address_header {
+            let forwarded = parts
+                .headers
+                .get_all(header.as_str())
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .filter_map(|address| address.trim().parse::<IpAddr>().ok())
+                .next_back();
+            if forwarded.is_some() {
+                return Ok(Source(forwarded));
+            }
+        }
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+        Ok(Source(peer.map(|ConnectInfo(peer)| peer.ip())))
     }
 }

@@ -37,7 +37,8 @@ mod placement;
 mod route;
 mod serve;
 mod state;
+mod throttle;
 mod views;
 
-pub use config::{LoginPolicy, RouteConfig};
+pub use config::{LoginLimits, LoginPolicy, RouteConfig, SignupPolicy};
 pub use route::Route;

@@ -23,6 +23,7 @@ use crate::config::RouteConfig;
 use crate::discovery::{Discovery, Subscribers};
 use crate::serve::{self, HttpLimits};
 use crate::state::{AppState, SharedState};
+use crate::throttle::Throttle;
 
 /// cim's HTTP API over a set of backends.
 #[derive(Debug)]
@@ -75,6 +76,7 @@ impl Route {
             config.discovery_interval,
         );
         let state = Arc::new(AppState {
+            throttle: Throttle::new(config.logins.clone()),
             config,
             names,
             stores,

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use cim_pipeline::admission::ConnectionLimit;
@@ -78,7 +79,8 @@ pub(crate) async fn serve(
                     let _ = socket.set_nodelay(true);
                     let router = router.clone();
                     let (body_timeout, request_timeout) = (limits.body_timeout, limits.request_timeout);
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                        request.extensions_mut().insert(ConnectInfo(peer));
                         handle(router.clone(), request, body_timeout, request_timeout)
                     });
                     let connection = graceful.watch(http.serve_connection(TokioIo::new(socket), service));

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::RouteConfig;
 use crate::error::{ApiError, ApiResult};
+use crate::throttle::Throttle;
 
 /// The state shared by every request.
 pub(crate) type SharedState = Arc<AppState>;
@@ -29,6 +30,8 @@ pub(crate) struct AppState {
     pub(crate) pipeline: Pipeline,
     /// The live servers, as discovery last saw them.
     pub(crate) cluster: watch::Receiver<Arc<Vec<ServerInfo>>>,
+    /// Failed logins and password checks in flight, per account and source.
+    pub(crate) throttle: Throttle,
 }
 
 impl AppState {

@@ -95,6 +95,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         frames: TokenBucket::new(limits.frames, Instant::now()),
         refused_frames: Refusals::new(limits.frames.burst),
         refused_sends: Refusals::new(limits.messages.burst),
+        token_expires: deadline(claims.expires_at),
+        token_expires_at: claims.expires_at,
+        session_id: claims.session_id,
         sender: Sender::new(claims.user_id, claims.user_name),
         user: claims.user_id,
         shared: Arc::clone(&shared),
@@ -166,6 +169,25 @@ async fn login(
         let text = format!("the device label is longer than {MAX_DEVICE_LEN} bytes");
         return Err((framed, Some(error_frame(ErrorCode::InvalidInput, text, ""))));
     }
+    match shared
+        .stores
+        .accounts
+        .is_session_revoked(&claims.session_id)
+        .await
+    {
+        Ok(false) => {}
+        Ok(true) => {
+            let text = "this login was ended (logged out); log in again through the route";
+            return Err((
+                framed,
+                Some(error_frame(ErrorCode::Unauthenticated, text, "")),
+            ));
+        }
+        Err(e) => {
+            let text = format!("cannot check your login now: {}", e.message());
+            return Err((framed, Some(error_frame(error_code(e.kind()), text, ""))));
+        }
+    }
     Ok((framed, claims, login.device))
 }
 
@@ -188,6 +210,11 @@ struct Connection {
     /// last let its frame bucket fill up.
     refused_frames: Refusals,
     refused_sends: Refusals,
+    /// The login this connection belongs to, and when its token expires (a `RefreshToken`
+    /// frame moves it): the connection ends then.
+    session_id: String,
+    token_expires_at: Timestamp,
+    token_expires: Instant,
     /// Per conversation, the highest sequence the sync sent: live deliveries at or below it
     /// are duplicates.
     synced: HashMap<ConversationId, Seq>,
@@ -213,6 +240,9 @@ impl Connection {
             heartbeat_interval_ms: millis(self.shared.config.heartbeat_interval),
             idle_timeout_ms: millis(self.shared.config.idle_timeout),
             max_frame_len: u32::try_from(self.shared.config.max_frame_len).unwrap_or(u32::MAX),
+            max_body_len: u32::try_from(self.shared.pipeline.limits().max_body_len)
+                .unwrap_or(u32::MAX),
+            token_expires_at_ms: self.token_expires_at.as_millis(),
         });
         if self.write(result.into()).await.is_err() {
             return None;
@@ -380,6 +410,9 @@ impl Connection {
                     None => Step::Close(None),
                 },
                 () = &mut idle => Step::Close(Some(kicked_frame(KickReason::Idle))),
+                () = sleep_until(self.token_expires) => {
+                    Step::Close(Some(kicked_frame(KickReason::TokenExpired)))
+                }
                 frame = self.framed.next() => match frame {
                     None => Step::Close(None),
                     Some(Err(e)) => Step::Close(frame_error(&e)),
@@ -455,6 +488,7 @@ impl Connection {
                 Some(error) => error,
                 None => return Step::Continue,
             },
+            Some(Body::RefreshToken(refresh)) => self.refresh_token(&refresh.token).await,
             Some(Body::Login(_)) => error_frame(
                 ErrorCode::InvalidInput,
                 "this connection is logged in already",
@@ -467,6 +501,46 @@ impl Connection {
             ),
         };
         self.reply(reply).await
+    }
+
+    /// Moves the connection onto a fresh token of the same login; the answer to send.
+    async fn refresh_token(&mut self, token: &str) -> Outbound {
+        let claims = match self.shared.key.verify(token) {
+            Ok(claims) => claims,
+            Err(e) => return error_frame(ErrorCode::Unauthenticated, e.message(), ""),
+        };
+        if claims.user_id != self.user || claims.session_id != self.session_id {
+            return error_frame(
+                ErrorCode::Unauthenticated,
+                "the token is not one of this connection's login; refresh it with POST /api/v1/token",
+                "",
+            );
+        }
+        match self
+            .shared
+            .stores
+            .accounts
+            .is_session_revoked(&claims.session_id)
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                return error_frame(
+                    ErrorCode::Unauthenticated,
+                    "this login was ended (logged out)",
+                    "",
+                );
+            }
+            Err(e) => return failure_frame(&e, ""),
+        }
+        if claims.expires_at > self.token_expires_at {
+            self.token_expires_at = claims.expires_at;
+            self.token_expires = deadline(claims.expires_at);
+        }
+        Body::TokenRefreshed(v1::TokenRefreshed {
+            expires_at_ms: self.token_expires_at.as_millis(),
+        })
+        .into()
     }
 
     /// Writes one frame; closes if the connection is gone or stuck.
@@ -626,7 +700,7 @@ fn send_ack(accepted: Accepted) -> v1::SendAck {
             sent_at_ms: message.sent_at.as_millis(),
             scheduled_id: 0,
         },
-        Accepted::Scheduled { entry } => v1::SendAck {
+        Accepted::Scheduled { entry, .. } => v1::SendAck {
             conversation: entry.message.conversation().to_string(),
             sent_at_ms: entry.message.sent_at.as_millis(),
             scheduled_id: entry.id.0,
@@ -649,6 +723,12 @@ fn slow_frame() -> Outbound {
         "this connection fell too far behind its messages; reconnect to sync",
         "",
     )
+}
+
+/// The instant wall-clock time `at` comes (now, if it has passed).
+fn deadline(at: Timestamp) -> Instant {
+    let left = at.as_millis().saturating_sub(Timestamp::now().as_millis());
+    Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
 }
 
 fn millis(duration: Duration) -> u32 {

@@ -141,6 +141,9 @@ pub(crate) fn kicked_frame(reason: KickReason) -> Outbound {
         }
         KickReason::Idle => "no frame within the idle timeout; ping more often",
         KickReason::LoggedOut => "you logged out",
+        KickReason::TokenExpired => {
+            "your login token expired; log in again (clients refresh it before it expires)"
+        }
         KickReason::Unspecified => "the server closed the connection",
     };
     Body::Kicked(Kicked {

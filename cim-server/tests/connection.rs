@@ -223,3 +223,79 @@ async fn under_the_reject_policy_a_second_login_is_refused() {
     second.expect_closed().await;
     assert!(first.ping_barrier().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_connection_ends_when_its_token_expires_unless_it_hands_over_a_fresh_one() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (alice, _) = cluster.user("alice").await;
+    let (bob, _) = cluster.user("bob").await;
+    // Tokens expire on whole seconds: one issued for 2 s lives 1 to 2 s.
+    let short_token = |user, name| {
+        cluster
+            .key
+            .issue(user, name, Duration::from_secs(2))
+            .unwrap()
+            .0
+    };
+    let short = short_token(alice, "alice");
+    let mut stays = TestClient::login(server.client_addr(), &short).await;
+    let mut expires = TestClient::login(server.client_addr(), &short_token(bob, "bob")).await;
+    let announced = stays.login.as_ref().unwrap().token_expires_at_ms;
+    assert!(announced > 0, "the expiry is announced at login");
+
+    let claims = cluster.key.verify(&short).unwrap();
+    let (fresh, fresh_expiry) = cluster
+        .key
+        .refresh(&claims, Duration::from_secs(600))
+        .unwrap();
+    stays
+        .send(Body::RefreshToken(v1::RefreshToken { token: fresh }))
+        .await;
+    match stays.next().await {
+        Body::TokenRefreshed(refreshed) => {
+            assert_eq!(refreshed.expires_at_ms, fresh_expiry.as_millis());
+        }
+        other => panic!("expected TokenRefreshed, got {other:?}"),
+    }
+    // A token of another login does not extend this one.
+    let (other_login, _) = cluster
+        .key
+        .issue(bob, "bob", Duration::from_secs(600))
+        .unwrap();
+    expires
+        .send(Body::RefreshToken(v1::RefreshToken { token: other_login }))
+        .await;
+    expires.expect_error(ErrorCode::Unauthenticated).await;
+
+    expires.expect_kicked(KickReason::TokenExpired).await;
+    expires.expect_closed().await;
+    // The refreshed connection outlived the first token.
+    assert!(cim_core::Timestamp::now().as_millis() > announced);
+    stays.send(Body::Ping(Ping { nonce: 5 })).await;
+    assert_eq!(stays.next().await, Body::Pong(v1::Pong { nonce: 5 }));
+}
+
+#[tokio::test]
+async fn a_token_of_a_revoked_login_cannot_log_in() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (_, token) = cluster.user("alice").await;
+    let claims = cluster.key.verify(&token).unwrap();
+    cluster
+        .stores
+        .accounts
+        .revoke_session(&claims.session_id, claims.expires_at)
+        .await
+        .unwrap();
+    let mut client = TestClient::connect(server.client_addr()).await;
+    client
+        .send(Body::Login(v1::Login {
+            token,
+            device: String::new(),
+        }))
+        .await;
+    let error = client.expect_error(ErrorCode::Unauthenticated).await;
+    assert!(error.text.contains("logged out"), "{}", error.text);
+    client.expect_closed().await;
+}

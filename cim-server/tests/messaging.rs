@@ -322,10 +322,43 @@ async fn a_scheduled_message_is_delivered_when_due() {
     let ack = alice_client.expect_ack().await;
     assert_ne!(ack.scheduled_id, 0);
     assert_eq!(ack.message_id, 0);
+    assert!(ack.sent_at_ms > 0, "a scheduled ack says when it was sent");
+    // A retry of the same send (its ack was lost, say) gets the same ack, and changes nothing.
+    alice_client
+        .send(Body::Send(v1::Send {
+            client_msg_id: "later".into(),
+            to: Some(to_user(bob)),
+            body: "happy birthday".into(),
+            deliver_at_ms: Some(due.as_millis()),
+        }))
+        .await;
+    assert_eq!(
+        alice_client.expect_ack().await,
+        ack,
+        "the same SendAck again"
+    );
 
     let deliver = bob_client.expect_deliver().await;
     assert_eq!(deliver.body, "happy birthday");
     assert!(Timestamp::now() >= due, "delivered before it was due");
+    assert!(
+        bob_client.ping_barrier().await.is_empty(),
+        "delivered once, not once per schedule"
+    );
+    // After the delivery too, a retry is acknowledged as the first was, and not sent again.
+    alice_client
+        .send(Body::Send(v1::Send {
+            client_msg_id: "later".into(),
+            to: Some(to_user(bob)),
+            body: "happy birthday".into(),
+            deliver_at_ms: Some(due.as_millis() + 60_000),
+        }))
+        .await;
+    assert_eq!(alice_client.expect_ack().await, ack);
+    assert!(
+        bob_client.ping_barrier().await.is_empty(),
+        "no second delivery"
+    );
 }
 
 #[tokio::test]

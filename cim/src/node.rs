@@ -58,9 +58,11 @@ fn route_config(figment: &Figment) -> Result<RouteConfig> {
     if !figment.contains("route") {
         return Ok(RouteConfig::default());
     }
-    figment
+    let config: RouteConfig = figment
         .extract_inner("route")
-        .map_err(|e| Error::config(format!("invalid [route] section: {e}")))
+        .map_err(|e| Error::config(format!("invalid [route] section: {e}")))?;
+    config.validate()?;
+    Ok(config)
 }
 
 async fn bind(address: &str, what: &str) -> Result<TcpListener> {

@@ -53,6 +53,13 @@ pub fn cases() -> Vec<Case<dyn AccountStore>> {
         Case::always("credentials_keep_the_hash_and_never_the_password", |h| {
             boxed(credentials_keep_the_hash_and_never_the_password(h))
         }),
+        Case::always(
+            "a_revoked_session_stays_revoked_until_its_time_and_others_are_not",
+            |h| boxed(a_revoked_session_stays_revoked_until_its_time_and_others_are_not(h)),
+        ),
+        Case::always("session_ids_outside_their_length_are_invalid_input", |h| {
+            boxed(session_ids_outside_their_length_are_invalid_input(h))
+        }),
         Case::when(
             "search_users_pages_matches_completely_in_canonical_name_order",
             |caps: &AccountCapabilities| caps.prefix_search,
@@ -948,6 +955,86 @@ pub async fn user_groups_are_listed_by_group_id(h: Accounts) {
     );
     let none = store.user_groups(walt.id).await.must("user_groups(walt)");
     assert!(none.is_empty(), "walt is in no group: {none:?}");
+}
+
+/// A revoked login session answers revoked until its time, for every reader; revoking again
+/// with an earlier time keeps the later one; a session whose time has passed, and one never
+/// revoked, answer not revoked.
+pub async fn a_revoked_session_stays_revoked_until_its_time_and_others_are_not(h: Accounts) {
+    let store = h.store().await;
+    let later = Timestamp::now().plus(Duration::from_secs(3600));
+    let id = "0123456789abcdef0123456789abcdef";
+    assert!(
+        !store
+            .is_session_revoked(id)
+            .await
+            .must("is_session_revoked"),
+        "nothing is revoked at first"
+    );
+    store.revoke_session(id, later).await.must("revoke_session");
+    assert!(
+        store
+            .is_session_revoked(id)
+            .await
+            .must("is_session_revoked")
+    );
+    let sooner = Timestamp::now().plus(Duration::from_millis(1));
+    store
+        .revoke_session(id, sooner)
+        .await
+        .must("revoke_session again, with an earlier time");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        store
+            .is_session_revoked(id)
+            .await
+            .must("is_session_revoked"),
+        "the later time is kept"
+    );
+    let other = "fedcba9876543210fedcba9876543210";
+    assert!(
+        !store
+            .is_session_revoked(other)
+            .await
+            .must("another session")
+    );
+    let past = Timestamp::now().minus(Duration::from_secs(1));
+    store
+        .revoke_session(other, past)
+        .await
+        .must("revoke_session until a past time");
+    assert!(
+        !store
+            .is_session_revoked(other)
+            .await
+            .must("is_session_revoked"),
+        "a revocation whose time has passed revokes nothing"
+    );
+}
+
+/// Session ids are 1 to `MAX_SESSION_ID_LEN` bytes.
+pub async fn session_ids_outside_their_length_are_invalid_input(h: Accounts) {
+    let store = h.store().await;
+    let later = Timestamp::now().plus(Duration::from_secs(60));
+    let too_long = "x".repeat(cim_core::account_store::MAX_SESSION_ID_LEN + 1);
+    for bad in ["", too_long.as_str()] {
+        assert_kind(
+            store.revoke_session(bad, later).await,
+            ErrorKind::InvalidInput,
+            &format!("revoke_session of a {}-byte id", bad.len()),
+        );
+        assert_kind(
+            store.is_session_revoked(bad).await,
+            ErrorKind::InvalidInput,
+            &format!("is_session_revoked of a {}-byte id", bad.len()),
+        );
+    }
+    let longest = "y".repeat(cim_core::account_store::MAX_SESSION_ID_LEN);
+    store
+        .revoke_session(&longest, later)
+        .await
+        .must("revoke_session of the longest id");
+    assert!(store.is_session_revoked(&longest).await.must("longest"));
 }
 
 /// `is_member` is true for the owner from the start, true for a member once added, false again

@@ -186,6 +186,25 @@ pub fn cases() -> Vec<Case<dyn MessageStore>> {
             |h| boxed(concurrent_claimers_never_get_the_same_entry(h)),
         ),
         Case::when(
+            "scheduling_again_with_the_same_client_msg_id_answers_the_first_entry",
+            |caps: &MessageCapabilities| caps.scheduling,
+            |h| boxed(scheduling_again_with_the_same_client_msg_id_answers_the_first_entry(h)),
+        ),
+        Case::when(
+            "a_retried_schedule_after_the_delivery_is_still_a_duplicate",
+            |caps: &MessageCapabilities| caps.scheduling,
+            |h| {
+                boxed(a_retried_schedule_after_the_delivery_is_still_a_duplicate(
+                    h,
+                ))
+            },
+        ),
+        Case::when(
+            "concurrent_schedules_of_one_client_msg_id_keep_one_entry",
+            |caps: &MessageCapabilities| caps.scheduling,
+            |h| boxed(concurrent_schedules_of_one_client_msg_id_keep_one_entry(h)),
+        ),
+        Case::when(
             "schedule_rejects_bad_messages_and_claim_due_a_limit_of_zero",
             |caps: &MessageCapabilities| caps.scheduling,
             |h| {
@@ -440,10 +459,15 @@ async fn schedule(
     deliver_at: Timestamp,
 ) -> ScheduledMessage {
     let what = format!("schedule({:?})", message.client_msg_id);
-    let entry = store
+    let scheduled = store
         .schedule(message.clone(), deliver_at)
         .await
         .must(&what);
+    assert!(
+        !scheduled.duplicate,
+        "{what}: a first schedule is no duplicate"
+    );
+    let entry = scheduled.entry;
     assert_eq!(
         entry.message, message,
         "{what}: the entry keeps the message"
@@ -1419,8 +1443,8 @@ pub async fn a_claimed_entry_is_handed_out_again_only_after_the_claim_expires(h:
     assert!(reclaimed.is_empty(), "the new claim holds: {reclaimed:?}");
 }
 
-/// `finish_scheduled` removes an entry for good; an unknown or already finished id is
-/// `NotFound`.
+/// `finish_scheduled` ends an entry for good (it is never handed out again); an unknown or
+/// already finished id is `NotFound`.
 pub async fn finish_scheduled_removes_the_entry_and_unknown_ids_are_not_found(h: Messages) {
     let store = h.store().await;
     let due = later();
@@ -1457,6 +1481,89 @@ pub async fn finish_scheduled_removes_the_entry_and_unknown_ids_are_not_found(h:
         .must("finish_scheduled");
     let none = claim(&*store, due.plus(Duration::from_secs(7200)), claim_for, 10).await;
     assert!(none.is_empty(), "every entry is finished: {none:?}");
+}
+
+/// Scheduling again with the same sender and `client_msg_id` (a retry after a lost
+/// acknowledgement) keeps nothing new: it answers the first entry, whatever the new body or due
+/// time say, and only one entry is ever handed out. Another sender's same id is another entry.
+pub async fn scheduling_again_with_the_same_client_msg_id_answers_the_first_entry(h: Messages) {
+    let store = h.store().await;
+    let due = later();
+    let first = schedule(&*store, direct(1, 2, "once", "first"), due).await;
+    let retry = store
+        .schedule(
+            direct(1, 2, "once", "changed"),
+            due.plus(Duration::from_secs(60)),
+        )
+        .await
+        .must("schedule again");
+    assert!(retry.duplicate, "the retry is a duplicate");
+    assert_eq!(
+        retry.entry, first,
+        "the retry answers the first entry as it was"
+    );
+    let other_sender = schedule(&*store, direct(3, 2, "once", "mine"), due).await;
+    assert_ne!(other_sender.id, first.id, "client_msg_id is per sender");
+    let claimed = claim(&*store, due, Duration::from_secs(30), 10).await;
+    assert_eq!(
+        entry_ids(&claimed),
+        entry_ids(&[first, other_sender]),
+        "one entry per sender and client_msg_id"
+    );
+}
+
+/// A retry that arrives after the scheduled message was delivered and its entry finished is
+/// still recognised: it answers the first entry, and nothing is handed out again.
+pub async fn a_retried_schedule_after_the_delivery_is_still_a_duplicate(h: Messages) {
+    let store = h.store().await;
+    let due = later();
+    let entry = schedule(&*store, direct(1, 2, "late-retry", "hello"), due).await;
+    let claim_for = Duration::from_secs(30);
+    let claimed = claim(&*store, due, claim_for, 10).await;
+    assert_eq!(claimed, std::slice::from_ref(&entry));
+    store
+        .finish_scheduled(entry.id)
+        .await
+        .must("finish_scheduled");
+    let retry = store
+        .schedule(direct(1, 2, "late-retry", "hello"), due)
+        .await
+        .must("schedule after delivery");
+    assert!(retry.duplicate, "a retry after the delivery is a duplicate");
+    assert_eq!(retry.entry.id, entry.id, "the same entry answers");
+    let again = claim(&*store, due.plus(Duration::from_secs(3600)), claim_for, 10).await;
+    assert!(again.is_empty(), "nothing is handed out twice: {again:?}");
+}
+
+/// Of concurrent schedules of one `client_msg_id`, exactly one keeps an entry; every other
+/// answers that entry as a duplicate.
+pub async fn concurrent_schedules_of_one_client_msg_id_keep_one_entry(h: Messages) {
+    let store = h.store().await;
+    let due = later();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .schedule(direct(1, 2, "racing", &format!("attempt {i}")), due)
+                    .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(join_task(task).await.must("concurrent schedule"));
+    }
+    let firsts = results.iter().filter(|r| !r.duplicate).count();
+    assert_eq!(firsts, 1, "exactly one schedule is the first");
+    let ids: HashSet<ScheduledId> = results.iter().map(|r| r.entry.id).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "every schedule answers the same entry: {ids:?}"
+    );
+    let claimed = claim(&*store, due, Duration::from_secs(30), 10).await;
+    assert_eq!(claimed.len(), 1, "one entry is handed out: {claimed:?}");
 }
 
 /// A claimer that appended but died before finishing is replaced once its claim expires; the

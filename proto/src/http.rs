@@ -24,6 +24,50 @@ pub struct Credentials {
     pub name: String,
     /// The password.
     pub password: String,
+    /// Sign-up only, where the route takes sign-ups by invitation: the invitation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation: Option<String>,
+}
+
+impl Credentials {
+    /// A name and a password.
+    pub fn new(name: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials {
+            name: name.into(),
+            password: password.into(),
+            invitation: None,
+        }
+    }
+}
+
+/// `POST /api/v1/token`: a fresh token for the caller's login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The new bearer token (the old one stays valid until it expires).
+    pub token: String,
+    /// When the new token expires (Unix ms).
+    pub expires_at: i64,
+}
+
+/// `POST /api/v1/admin/invitations`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationRequest {
+    /// The only name the invited account may take; any name if left out (the invitation then
+    /// creates any number of accounts until it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// How long the invitation stays valid, in seconds (default a week).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for_secs: Option<u64>,
+}
+
+/// An invitation: what a sign-up passes as `invitation`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationResponse {
+    /// The invitation.
+    pub invitation: String,
+    /// When it expires (Unix ms).
+    pub expires_at: i64,
 }
 
 /// A user, as the API shows one.

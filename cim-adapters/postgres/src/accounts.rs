@@ -1,8 +1,9 @@
 //! [`AccountStore`] for [`PostgresStore`].
 //!
 //! Tables: `users`, `chat_groups` (with the group's `access` and `history` settings),
-//! `group_members` (one row per member, with their `role` and `since`) and `group_bans` (one
-//! row per banned user). Roles and settings are stored as their stable lower-case names.
+//! `group_members` (one row per member, with their `role` and `since`), `group_bans` (one
+//! row per banned user) and `revoked_sessions` (one row per revoked login, with the time it is
+//! revoked until). Roles and settings are stored as their stable lower-case names.
 //!
 //! Uniqueness of names is the `UNIQUE` constraint on the canonical-name column, so of
 //! concurrent creates of one name PostgreSQL lets exactly one insert through and the others
@@ -24,8 +25,16 @@
 //! (see [`prefix_upper_bound`]). The column has "C" collation, which compares text byte by
 //! byte, and UTF-8 byte order is code point order, so this holds for every script and for `%` and `_`, which mean nothing in
 //! a range.
+//!
+//! Revoked logins are one upsert that keeps the later time (`GREATEST`), so concurrent
+//! revocations of one login, from any node, end with the latest. Their times are compared with
+//! the calling node's clock, not the database's: a token's expiry is checked on that clock too,
+//! so a revocation lasts exactly as long as the tokens it refuses would otherwise be accepted.
+//! Rows whose time has passed are deleted by the next revocation; a revocation whose time has
+//! passed already is not stored at all.
 
 use async_trait::async_trait;
+use cim_core::account_store::check_session_id;
 use cim_core::{
     AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
     GroupSettings, Membership, NewGroup, NewUser, Page, PasswordHash, Result, Role, Seq, Timestamp,
@@ -644,6 +653,45 @@ impl AccountStore for PostgresStore {
         .await
         .during("user_groups")?;
         rows.into_iter().map(GroupRow::into_group).collect()
+    }
+
+    async fn revoke_session(&self, session_id: &str, until: Timestamp) -> Result<()> {
+        const OPERATION: &str = "revoke_session";
+        check_session_id(session_id)?;
+        let now = Timestamp::now();
+        sqlx::query("DELETE FROM revoked_sessions WHERE until <= $1")
+            .bind(now.as_millis())
+            .execute(self.pool())
+            .await
+            .during(OPERATION)?;
+        if until <= now {
+            // Its tokens are expired already: nothing to refuse, and a later revocation kept
+            // before stays as it is.
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO revoked_sessions AS r (session_id, until) VALUES ($1, $2) \
+             ON CONFLICT (session_id) DO UPDATE SET until = GREATEST(r.until, EXCLUDED.until)",
+        )
+        .bind(session_id)
+        .bind(until.as_millis())
+        .execute(self.pool())
+        .await
+        .during(OPERATION)?;
+        Ok(())
+    }
+
+    async fn is_session_revoked(&self, session_id: &str) -> Result<bool> {
+        check_session_id(session_id)?;
+        let revoked: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM revoked_sessions WHERE session_id = $1 AND until > $2)",
+        )
+        .bind(session_id)
+        .bind(Timestamp::now().as_millis())
+        .fetch_one(self.pool())
+        .await
+        .during("is_session_revoked")?;
+        Ok(revoked)
     }
 
     async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {

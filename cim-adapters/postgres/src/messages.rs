@@ -18,26 +18,40 @@
 //!   lower-cased by Rust's `str::to_lowercase` (so the database's locale does not matter) and
 //!   matched with `LIKE '%word%'`, `%`, `_` and `\` escaped. The longest word is also matched
 //!   on its own, which the trigram index (when `pg_trgm` could be installed) can answer.
-//! - **Schedules.** A claim is one `UPDATE .. RETURNING` over due, unclaimed entries picked with
+//! - **Schedules.** Kept once per key: `UNIQUE (sender, client_msg_id)` on `scheduled`. A
+//!   schedule inserts with `ON CONFLICT DO NOTHING RETURNING id`; no id back means the key is
+//!   taken, and a second statement (a fresh snapshot under READ COMMITTED) reads the first
+//!   entry. Of racing schedules of one key, the unique index lets one insert through and makes
+//!   the others wait for its commit, so they all answer the same entry. A claim is one
+//!   `UPDATE .. RETURNING` over due, unclaimed, unfinished entries picked with
 //!   `FOR UPDATE SKIP LOCKED`: two claimers never get the same entry, and neither waits for the
-//!   other.
+//!   other. Finishing sets `finished_at` instead of deleting, so a retry of the schedule after
+//!   the delivery still finds the first entry; finished entries older than [`DEDUP_WINDOW`]
+//!   are deleted by later finishes.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cim_core::{
     Appended, ConversationId, Cursor, Error, GroupId, HistoryQuery, MessageCapabilities, MessageId,
-    MessageStore, NewMessage, Page, Result, ScheduledId, ScheduledMessage, Seq, StoredMessage,
-    Timestamp, UserId,
+    MessageStore, NewMessage, Page, Result, Scheduled, ScheduledId, ScheduledMessage, Seq,
+    StoredMessage, Timestamp, UserId,
 };
 use sqlx::FromRow;
 
 use crate::PostgresStore;
 use crate::columns::{conversation, int, recipient, recipient_columns, unsigned};
 use crate::error::During;
+use cim_core::message_store::DEDUP_WINDOW;
 use cim_core::paging::{
     checked_limit, fetch_size, id_cursor, into_page, parse_pending_cursor, pending_cursor,
 };
+
+/// How often a schedule tries to either insert its entry or read the one holding its key. A
+/// second try is needed only when the entry holding the key was deleted (its dedup window had
+/// passed) between the two statements; then the key is free, or held by an entry just
+/// inserted, which no clean-up deletes, so the second try settles it.
+const SCHEDULE_ATTEMPTS: usize = 2;
 
 /// The columns a [`MessageRow`] is read from, for `concat!` into static SQL.
 macro_rules! message_columns {
@@ -427,32 +441,63 @@ impl MessageStore for PostgresStore {
         Ok(done.rows_affected())
     }
 
-    async fn schedule(
-        &self,
-        message: NewMessage,
-        deliver_at: Timestamp,
-    ) -> Result<ScheduledMessage> {
+    async fn schedule(&self, message: NewMessage, deliver_at: Timestamp) -> Result<Scheduled> {
+        const OPERATION: &str = "schedule";
         message.validate()?;
         let (to_kind, to_id) = recipient_columns(message.to);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO scheduled (sender, to_kind, to_id, client_msg_id, body, sent_at, \
-             deliver_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(int(message.sender.0))
-        .bind(to_kind)
-        .bind(to_id)
-        .bind(&message.client_msg_id)
-        .bind(&message.body)
-        .bind(message.sent_at.as_millis())
-        .bind(deliver_at.as_millis())
-        .fetch_one(self.pool())
-        .await
-        .during("schedule")?;
-        Ok(ScheduledMessage {
-            id: ScheduledId(unsigned(id, "scheduled.id")?),
-            message,
-            deliver_at,
-        })
+        for _ in 0..SCHEDULE_ATTEMPTS {
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO scheduled (sender, to_kind, to_id, client_msg_id, body, sent_at, \
+                 deliver_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id",
+            )
+            .bind(int(message.sender.0))
+            .bind(to_kind)
+            .bind(to_id)
+            .bind(&message.client_msg_id)
+            .bind(&message.body)
+            .bind(message.sent_at.as_millis())
+            .bind(deliver_at.as_millis())
+            .fetch_optional(self.pool())
+            .await
+            .during(OPERATION)?;
+            if let Some(id) = id {
+                return Ok(Scheduled {
+                    entry: ScheduledMessage {
+                        id: ScheduledId(unsigned(id, "scheduled.id")?),
+                        message,
+                        deliver_at,
+                    },
+                    duplicate: false,
+                });
+            }
+            // The key is taken, by an entry committed before the insert ended (a racing insert
+            // of the key is waited for): this statement's snapshot sees it.
+            let first: Option<ScheduledRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                scheduled_columns!(),
+                " FROM scheduled WHERE sender = $1 AND client_msg_id = $2"
+            ))
+            .bind(int(message.sender.0))
+            .bind(&message.client_msg_id)
+            .fetch_optional(self.pool())
+            .await
+            .during(OPERATION)?;
+            if let Some(first) = first {
+                return Ok(Scheduled {
+                    entry: first.into_scheduled()?,
+                    duplicate: true,
+                });
+            }
+            // Deleted in between, past its dedup window: the key is free again.
+        }
+        Err(Error::internal(format!(
+            "scheduled message {:?} of user {} conflicted with stored entries that cannot be \
+             read back",
+            message.client_msg_id, message.sender
+        ))
+        .with_context("backend", "postgres")
+        .with_context("operation", OPERATION))
     }
 
     async fn claim_due(
@@ -465,7 +510,8 @@ impl MessageStore for PostgresStore {
         let rows: Vec<ScheduledRow> = sqlx::query_as(concat!(
             "UPDATE scheduled SET claimed_until = $2 WHERE id IN ( \
                  SELECT id FROM scheduled \
-                 WHERE deliver_at <= $1 AND (claimed_until IS NULL OR claimed_until <= $1) \
+                 WHERE deliver_at <= $1 AND finished_at IS NULL \
+                   AND (claimed_until IS NULL OR claimed_until <= $1) \
                  ORDER BY deliver_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
              RETURNING ",
             scheduled_columns!()
@@ -486,11 +532,23 @@ impl MessageStore for PostgresStore {
     }
 
     async fn finish_scheduled(&self, id: ScheduledId) -> Result<()> {
-        let done = sqlx::query("DELETE FROM scheduled WHERE id = $1")
-            .bind(int(id.0))
+        const OPERATION: &str = "finish_scheduled";
+        let now = Timestamp::now();
+        // Finished entries stay, for retries of their schedule, until the dedup window has
+        // passed; clearing them here keeps the table from growing without a separate sweeper.
+        sqlx::query("DELETE FROM scheduled WHERE finished_at IS NOT NULL AND finished_at < $1")
+            .bind(now.minus(DEDUP_WINDOW).as_millis())
             .execute(self.pool())
             .await
-            .during("finish_scheduled")?;
+            .during(OPERATION)?;
+        let done = sqlx::query(
+            "UPDATE scheduled SET finished_at = $1 WHERE id = $2 AND finished_at IS NULL",
+        )
+        .bind(now.as_millis())
+        .bind(int(id.0))
+        .execute(self.pool())
+        .await
+        .during(OPERATION)?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found(format!(
                 "scheduled message {id} does not exist (finished already, or never scheduled)"

@@ -16,6 +16,11 @@
 //! `history` field and no member info: it reads as an open group with its full history, whose
 //! members (its `owner` field aside, who is the owner) are plain members since 1.
 //!
+//! A revoked login is a key that Redis expires at the revocation's end (`PEXPIREAT`), so every
+//! node sees it at once and nothing needs sweeping; the key holds that time, so that the script
+//! revoking again can keep the later one in one step. (`PEXPIREAT ... GT` would need Redis 7
+//! and still a separate `SET` to create the key.) Expiry is by the Redis server's clock.
+//!
 //! Keys, with `p = {ns}:acct:` (ids in decimal; zero-padded to 20 digits in sorted sets and in
 //! `member_info`):
 //!
@@ -31,10 +36,12 @@
 //! | `p member_info:{group}` | hash | padded user id -> `role:since` (missing: `member:1`, or `owner:1` for the owner) |
 //! | `p bans:{group}` | sorted set | padded ids of the users banned from the group |
 //! | `p groups_of:{user}` | sorted set | padded group ids |
+//! | `p revoked:{session}` | string | the time (ms) the login is revoked until; expires then |
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use cim_core::account_store::check_session_id;
 use cim_core::registry::{AccountStoreFactory, BackendOptions, BuildFuture};
 use cim_core::{
     AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
@@ -241,6 +248,17 @@ end
 return out
 "#;
 
+/// ARGV: p, session id, until (ms). Keeps the later of the stored and the new time. Returns 1
+/// if the new time was kept.
+const REVOKE_SESSION: &str = r#"
+local key, ends = ARGV[1] .. 'revoked:' .. ARGV[2], ARGV[3]
+local kept = redis.call('GET', key)
+if kept and tonumber(kept) >= tonumber(ends) then return 0 end
+redis.call('SET', key, ends)
+redis.call('PEXPIREAT', key, ends)
+return 1
+"#;
+
 inventory::submit! {
     AccountStoreFactory::new(
         "redis",
@@ -273,6 +291,7 @@ struct Scripts {
     members: Script,
     bans: Script,
     user_groups: Script,
+    revoke_session: Script,
 }
 
 /// A membership change: the checked prelude, then `parts`.
@@ -323,6 +342,7 @@ impl RedisAccountStore {
                 members: Script::new(MEMBERS),
                 bans: Script::new(BANS),
                 user_groups: Script::new(USER_GROUPS),
+                revoke_session: Script::new(REVOKE_SESSION),
             },
         })
     }
@@ -848,6 +868,33 @@ impl AccountStore for RedisAccountStore {
         let rows: Vec<String> =
             redis::FromRedisValue::from_redis_value(reply).map_err(|_| malformed("group list"))?;
         rows.chunks(6).map(group).collect()
+    }
+
+    async fn revoke_session(&self, session_id: &str, until: Timestamp) -> Result<()> {
+        check_session_id(session_id)?;
+        if until <= Timestamp::now() {
+            // Over already: nothing to revoke, and a later revocation stays as it is.
+            return Ok(());
+        }
+        self.scripts
+            .revoke_session
+            .arg(&self.prefix)
+            .arg(session_id)
+            .arg(until.0)
+            .invoke_async::<()>(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "revoke session"))?;
+        Ok(())
+    }
+
+    async fn is_session_revoked(&self, session_id: &str) -> Result<bool> {
+        check_session_id(session_id)?;
+        let revoked: bool = redis::cmd("EXISTS")
+            .arg(format!("{}revoked:{session_id}", self.prefix))
+            .query_async(&mut self.redis.conn())
+            .await
+            .map_err(|e| convert(e, "check session revocation"))?;
+        Ok(revoked)
     }
 
     async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {

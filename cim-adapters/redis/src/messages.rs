@@ -6,6 +6,17 @@
 //! it and every earlier one are stored. Each log is a sorted set scored by sequence, which makes
 //! history slices and "everything above my cursor" single range reads.
 //!
+//! Scheduling is idempotent the same way: one script looks up the sender's `client_msg_id` and
+//! either answers the first entry or creates the entry and its key together, so of concurrent
+//! schedules of one key exactly one keeps an entry. The retry of a schedule may come after the
+//! entry was delivered, so finishing does not forget it at once: the entry leaves the waiting
+//! entries (never claimed again) and its JSON moves to a key of its own that, like its
+//! idempotency key, expires after [`DEDUP_WINDOW`]. Per-entry keys rather than hash fields,
+//! because Redis before 7.4 cannot expire a field. The waiting entries keep the layout of the
+//! version before (a hash of JSON plus the due index), so its entries are claimed and finished
+//! as they were, and a node still running it claims new entries correctly during an upgrade;
+//! such old entries have no idempotency key, so only schedules made since are recognised.
+//!
 //! Keys, with `p = {ns}:msg:` and conversations in their text form (`d:1:2`, `g:7`):
 //!
 //! | key | type | holds |
@@ -16,8 +27,11 @@
 //! | `p idem:{sender}` | hash | `client_msg_id` -> entry |
 //! | `p direct_of:{user}` | set | the user's direct conversations, for `pending` |
 //! | `p cursor:{user}` | hash | conversation -> acknowledged sequence |
-//! | `p scheduled` | hash | schedule id -> `ScheduledMessage` JSON |
-//! | `p due` | sorted set | schedule id -> when it may be claimed (ms) |
+//! | `p scheduled` | hash | waiting schedule id -> `ScheduledMessage` JSON |
+//! | `p due` | sorted set | waiting schedule id -> when it may be claimed (ms) |
+//! | `p sched_idem:{sender}:{client_msg_id}` | string | the schedule id; expires a dedup window after the finish |
+//! | `p sched_idem_of` | hash | waiting schedule id -> `{sender}:{client_msg_id}`, to find that key |
+//! | `p finished:{id}` | string | a finished entry's `ScheduledMessage` JSON, for retries; expires like its key |
 //!
 //! Keyword search and retention are not offered (the capabilities say so): a naive scan of
 //! every log would not scale, and a proper inverted index is future work.
@@ -27,16 +41,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cim_core::message_store::DEDUP_WINDOW;
 use cim_core::registry::{BackendOptions, BuildFuture, MessageStoreFactory};
 use cim_core::{
     Appended, ConversationId, Cursor, Error, GroupId, HistoryQuery, MessageCapabilities, MessageId,
-    MessageStore, NewMessage, Page, Result, ScheduledId, ScheduledMessage, Seq, StoredMessage,
-    Timestamp, UserId,
+    MessageStore, NewMessage, Page, Result, Scheduled, ScheduledId, ScheduledMessage, Seq,
+    StoredMessage, Timestamp, UserId,
 };
 use redis::Script;
 
 use crate::RedisConfig;
-use crate::connection::{Redis, convert};
+use crate::connection::{Redis, convert, millis};
 
 /// ARGV: p, sender, client_msg_id, conv, new message JSON, low, high (direct only, else '').
 /// Returns {duplicate (0|1), entry}.
@@ -66,14 +81,26 @@ if up_to > current then redis.call('HSET', p .. 'cursor:' .. user, conv, ARGV[4]
 return -1
 "#;
 
-/// ARGV: p, message JSON, deliver_at. Returns the new schedule id.
+/// ARGV: p, sender, client_msg_id, message JSON, deliver_at. Returns {duplicate (0|1), entry
+/// JSON}: the first entry of the sender's `client_msg_id` if it is waiting or finished within
+/// the dedup window, else a new one.
 const SCHEDULE: &str = r#"
-local p = ARGV[1]
-local id = redis.call('INCR', p .. 'next_scheduled')
-local sid = string.format('%d', id)
-redis.call('HSET', p .. 'scheduled', sid, string.format('{"id":%s,"message":%s,"deliver_at":%s}', sid, ARGV[2], ARGV[3]))
-redis.call('ZADD', p .. 'due', ARGV[3], sid)
-return id
+local p, key = ARGV[1], ARGV[2] .. ':' .. ARGV[3]
+local idem = p .. 'sched_idem:' .. key
+local first = redis.call('GET', idem)
+if first then
+  local json = redis.call('HGET', p .. 'scheduled', first) or redis.call('GET', p .. 'finished:' .. first)
+  if json then return {1, json} end
+  -- Finished by a node of the version before, which forgets entries at once: start over.
+  redis.call('HDEL', p .. 'sched_idem_of', first)
+end
+local sid = string.format('%d', redis.call('INCR', p .. 'next_scheduled'))
+local json = string.format('{"id":%s,"message":%s,"deliver_at":%s}', sid, ARGV[4], ARGV[5])
+redis.call('HSET', p .. 'scheduled', sid, json)
+redis.call('ZADD', p .. 'due', ARGV[5], sid)
+redis.call('HSET', p .. 'sched_idem_of', sid, key)
+redis.call('SET', idem, sid)
+return {0, json}
 "#;
 
 /// ARGV: p, now, claimed_until, limit. Returns the claimed entries' JSON.
@@ -92,11 +119,22 @@ end
 return out
 "#;
 
-/// ARGV: p, id. Returns 1 if the entry existed.
+/// ARGV: p, id, dedup window (ms). Takes a waiting entry out of the waiting ones and keeps it,
+/// with its idempotency key, for the window. An entry of the version before has no key and is
+/// just removed. Returns 1 if the entry was waiting (or claimed), 0 if unknown or finished.
 const FINISH: &str = r#"
-local p = ARGV[1]
-redis.call('ZREM', p .. 'due', ARGV[2])
-return redis.call('HDEL', p .. 'scheduled', ARGV[2])
+local p, sid, window = ARGV[1], ARGV[2], ARGV[3]
+local json = redis.call('HGET', p .. 'scheduled', sid)
+if not json then return 0 end
+redis.call('HDEL', p .. 'scheduled', sid)
+redis.call('ZREM', p .. 'due', sid)
+local key = redis.call('HGET', p .. 'sched_idem_of', sid)
+if key then
+  redis.call('HDEL', p .. 'sched_idem_of', sid)
+  redis.call('SET', p .. 'finished:' .. sid, json, 'PX', window)
+  redis.call('PEXPIRE', p .. 'sched_idem:' .. key, window)
+end
+return 1
 "#;
 
 /// How many log entries one read fetches while looking for pending messages.
@@ -213,6 +251,11 @@ fn decode_entry(entry: &str) -> Result<StoredMessage> {
         body: message.body,
         sent_at: message.sent_at,
     })
+}
+
+/// Decodes a schedule entry's `ScheduledMessage` JSON.
+fn decode_scheduled(json: &str) -> Result<ScheduledMessage> {
+    serde_json::from_str(json).map_err(|_| malformed("scheduled message"))
 }
 
 fn page_size(limit: u32) -> Result<u64> {
@@ -459,27 +502,24 @@ impl MessageStore for RedisMessageStore {
         Err(Error::unsupported("message retention on redis"))
     }
 
-    async fn schedule(
-        &self,
-        message: NewMessage,
-        deliver_at: Timestamp,
-    ) -> Result<ScheduledMessage> {
+    async fn schedule(&self, message: NewMessage, deliver_at: Timestamp) -> Result<Scheduled> {
         message.validate()?;
         let json = serde_json::to_string(&message)
             .map_err(|e| Error::invalid_input("the message cannot be encoded").with_source(e))?;
-        let id: u64 = self
+        let (duplicate, entry): (i64, String) = self
             .scripts
             .schedule
             .arg(&self.prefix)
+            .arg(message.sender.0)
+            .arg(&message.client_msg_id)
             .arg(json)
             .arg(deliver_at.0)
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "schedule"))?;
-        Ok(ScheduledMessage {
-            id: ScheduledId(id),
-            message,
-            deliver_at,
+        Ok(Scheduled {
+            entry: decode_scheduled(&entry)?,
+            duplicate: duplicate == 1,
         })
     }
 
@@ -500,22 +540,20 @@ impl MessageStore for RedisMessageStore {
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "claim scheduled messages"))?;
-        claimed
-            .iter()
-            .map(|json| serde_json::from_str(json).map_err(|_| malformed("scheduled message")))
-            .collect()
+        claimed.iter().map(|json| decode_scheduled(json)).collect()
     }
 
     async fn finish_scheduled(&self, id: ScheduledId) -> Result<()> {
-        let removed: i64 = self
+        let finished: i64 = self
             .scripts
             .finish
             .arg(&self.prefix)
             .arg(id.0)
+            .arg(millis(DEDUP_WINDOW))
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "finish scheduled message"))?;
-        if removed == 0 {
+        if finished == 0 {
             return Err(Error::not_found(format!(
                 "scheduled message {id} does not exist (finished already, or never scheduled)"
             )));

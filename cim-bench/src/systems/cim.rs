@@ -81,6 +81,17 @@ rate = {{ per_second = 1000000000, burst = 1000000000 }}
 [route]
 listen = "127.0.0.1:0"
 token_ttl = "8760h"
+
+# Every bench client comes from 127.0.0.1 and logs in as fast as it can: no login throttle
+# (W3 measures the logins themselves; the throttle's own bound is max_checks).
+[route.logins]
+failures_per_account_and_source = {{ burst = 1000000000, refill = "1ms" }}
+failures_per_account = {{ burst = 1000000000, refill = "1ms" }}
+failures_per_source = {{ burst = 1000000000, refill = "1ms" }}
+checks_per_account = 1000000
+checks_per_source = 1000000
+max_checks = 1000000
+signups_per_source = {{ burst = 1000000000, refill = "1ms" }}
 "#,
         data = data_dir.display()
     );
@@ -147,10 +158,7 @@ impl RouteApi {
         let response = self
             .http
             .post(format!("{}/api/v1/accounts", self.base))
-            .json(&Credentials {
-                name: name.into(),
-                password: password.into(),
-            })
+            .json(&Credentials::new(name, password))
             .send()
             .await
             .context("creating an account")?;
@@ -169,10 +177,7 @@ impl RouteApi {
         let response = self
             .http
             .post(format!("{}/api/v1/login", self.base))
-            .json(&Credentials {
-                name: name.into(),
-                password: password.into(),
-            })
+            .json(&Credentials::new(name, password))
             .send()
             .await
             .context("logging in at the route")?;

@@ -123,6 +123,7 @@ pub fn login_result() -> LoginResult {
         heartbeat_interval_ms: 10_000,
         idle_timeout_ms: 30_000,
         max_frame_len: 64 * 1024,
+        ..Default::default()
     }
 }
 

@@ -76,6 +76,16 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// The result of [`MessageStore::schedule`](crate::MessageStore::schedule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    /// The schedule entry (for a duplicate: the one made the first time).
+    pub entry: ScheduledMessage,
+    /// True when this was a retry of an earlier schedule (same sender and `client_msg_id`) and
+    /// nothing new was kept.
+    pub duplicate: bool,
+}
+
 /// Which part of a conversation's history to return. Results are always in ascending sequence
 /// order and hold at most `limit` messages:
 ///

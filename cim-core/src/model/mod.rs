@@ -18,7 +18,7 @@ pub use account::{NewUser, User};
 pub use conversation::{ConversationId, Recipient};
 pub use group::{Group, GroupAccess, GroupHistory, GroupSettings, Membership, NewGroup, Role};
 pub use ids::{ConnectionId, GroupId, MessageId, ScheduledId, Seq, ServerId, Timestamp, UserId};
-pub use message::{Appended, HistoryQuery, NewMessage, ScheduledMessage, StoredMessage};
+pub use message::{Appended, HistoryQuery, NewMessage, Scheduled, ScheduledMessage, StoredMessage};
 pub use name::{NameRules, canonical_name};
 pub use page::{Cursor, Page};
 pub use password::PasswordHash;

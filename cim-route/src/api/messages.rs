@@ -46,10 +46,10 @@ pub(crate) async fn send(
             scheduled_id: None,
             duplicate,
         },
-        Accepted::Scheduled { entry } => SendMessageResponse {
+        Accepted::Scheduled { entry, duplicate } => SendMessageResponse {
             message: None,
             scheduled_id: Some(entry.id.0),
-            duplicate: false,
+            duplicate,
         },
     };
     Ok(Json(response))

@@ -7,6 +7,7 @@
 
 mod access;
 mod accounts;
+mod admin;
 mod groups;
 mod health;
 mod messages;
@@ -41,6 +42,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         post("/api/v1/accounts", accounts::create),
         post("/api/v1/login", sessions::login),
         post("/api/v1/logout", sessions::logout),
+        post("/api/v1/token", sessions::refresh),
+        post("/api/v1/admin/invitations", admin::invite),
         get("/api/v1/users", users::search),
         get("/api/v1/users/online", users::online),
         get("/api/v1/users/me/groups", groups::mine),

@@ -6,10 +6,7 @@ use reqwest::StatusCode;
 use crate::harness::{TestRoute, expect_error, json};
 
 fn credentials(name: &str, password: &str) -> Credentials {
-    Credentials {
-        name: name.to_string(),
-        password: password.to_string(),
-    }
+    Credentials::new(name, password)
 }
 
 #[tokio::test]

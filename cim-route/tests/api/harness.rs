@@ -14,8 +14,9 @@ use cim_core::{
     Stores, Timestamp, UserId,
 };
 use cim_pipeline::LimitsConfig;
+use cim_pipeline::rate_limit::Allowance;
 use cim_proto::http::{Credentials, ErrorBody, UserView};
-use cim_route::{Route, RouteConfig};
+use cim_route::{LoginLimits, Route, RouteConfig};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -48,6 +49,24 @@ pub struct TestRoute {
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+/// The route configuration of the tests: the defaults, with login and sign-up limits no test
+/// reaches unless it means to (every test client comes from 127.0.0.1).
+pub fn test_config() -> RouteConfig {
+    let plenty = Allowance::new(10_000, Duration::from_millis(1));
+    RouteConfig {
+        logins: LoginLimits {
+            failures_per_account_and_source: plenty,
+            failures_per_account: plenty,
+            failures_per_source: plenty,
+            checks_per_account: 1_000,
+            checks_per_source: 1_000,
+            max_checks: 1_000,
+            signups_per_source: plenty,
+        },
+        ..RouteConfig::default()
+    }
+}
+
 /// The key every test route signs with.
 pub fn test_key() -> TokenKey {
     TokenKey::new(&[42; 32]).expect("32 bytes is enough")
@@ -67,7 +86,7 @@ pub fn memory_stores(balancer: Arc<dyn LoadBalancer>) -> Stores {
 impl TestRoute {
     /// A route with the default configuration and the consistent-hash balancer.
     pub async fn start() -> TestRoute {
-        Self::start_with(RouteConfig::default()).await
+        Self::start_with(test_config()).await
     }
 
     /// A route with `config` and the consistent-hash balancer.
@@ -177,10 +196,7 @@ impl TestRoute {
             .post(
                 "/api/v1/accounts",
                 None,
-                &Credentials {
-                    name: name.to_string(),
-                    password: format!("secret-{name}"),
-                },
+                &Credentials::new(name, format!("secret-{name}")),
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED, "creating {name}");

@@ -168,7 +168,7 @@ async fn http_sends_are_rate_limited_per_user_with_retry_after() {
         ..cim_pipeline::LimitsConfig::default()
     };
     let route = TestRoute::start_with_limits(
-        cim_route::RouteConfig::default(),
+        crate::harness::test_config(),
         crate::harness::memory_stores(std::sync::Arc::new(
             cim_core::balancer::ConsistentHash::new(16).expect("ring"),
         )),
@@ -207,7 +207,7 @@ async fn broadcasting_can_be_forbidden_by_config() {
         ..cim_pipeline::LimitsConfig::default()
     };
     let route = TestRoute::start_with_limits(
-        cim_route::RouteConfig::default(),
+        crate::harness::test_config(),
         crate::harness::memory_stores(std::sync::Arc::new(
             cim_core::balancer::ConsistentHash::new(16).expect("ring"),
         )),

@@ -112,7 +112,7 @@ async fn malformed_json_is_a_400_error_body() {
 async fn a_body_over_the_limit_is_413_and_unknown_paths_are_404() {
     let config = RouteConfig {
         max_request_len: 1024,
-        ..RouteConfig::default()
+        ..crate::harness::test_config()
     };
     let route = TestRoute::start_with(config).await;
     let big = serde_json::json!({"name": "a", "password": "x".repeat(2048)});
@@ -167,7 +167,7 @@ async fn a_meta_store_that_cannot_watch_is_listed_periodically() {
     stores.meta = Arc::new(ListOnly(MemoryMetaStore::new(Duration::from_secs(30))));
     let config = RouteConfig {
         discovery_interval: Duration::from_millis(20),
-        ..RouteConfig::default()
+        ..crate::harness::test_config()
     };
     let route = TestRoute::start_with_stores(config, stores).await;
 

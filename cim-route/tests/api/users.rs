@@ -53,7 +53,7 @@ async fn online_users_are_paged_by_user_id_with_their_names() {
 async fn a_limit_of_0_is_400_and_larger_limits_are_lowered_to_the_maximum_page() {
     let config = RouteConfig {
         max_page: 2,
-        ..RouteConfig::default()
+        ..crate::harness::test_config()
     };
     let route = TestRoute::start_with(config).await;
     let (_, token) = route.user_with_token("alice").await;

@@ -235,6 +235,9 @@ session_refresh = "1s"
 load_report = "1s"
 [route]
 listen = "127.0.0.1:{route_port}"
+[route.logins]
+# Every test client signs up from 127.0.0.1.
+signups_per_source = {{ burst = 1000, refill = "1ms" }}
 "#,
             secret = "x".repeat(32),
         ),

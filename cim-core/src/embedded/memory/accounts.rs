@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use crate::account_store::check_session_id;
 use crate::registry::{AccountStoreFactory, BackendOptions, BuildFuture};
 use crate::{
     AccountCapabilities, AccountStore, Cursor, Error, Group, GroupId, GroupSettings, Membership,
@@ -65,6 +66,8 @@ struct State {
     memberships: HashMap<UserId, BTreeSet<GroupId>>,
     /// Each group's banned users.
     bans: HashMap<GroupId, BTreeSet<UserId>>,
+    /// Revoked logins, until when.
+    revoked: HashMap<String, Timestamp>,
 }
 
 struct StoredUser {
@@ -450,6 +453,29 @@ impl AccountStore for MemoryAccountStore {
             .flatten()
             .filter_map(|id| state.groups.get(id).cloned())
             .collect())
+    }
+
+    async fn revoke_session(&self, session_id: &str, until: Timestamp) -> Result<()> {
+        check_session_id(session_id)?;
+        let mut state = self.lock();
+        let now = Timestamp::now();
+        if state.revoked.len() >= 1024 && state.revoked.len().is_power_of_two() {
+            // Expired revocations name tokens that are refused anyway.
+            state.revoked.retain(|_, until| *until > now);
+        }
+        let kept = state.revoked.entry(session_id.to_string()).or_insert(until);
+        *kept = (*kept).max(until);
+        Ok(())
+    }
+
+    async fn is_session_revoked(&self, session_id: &str) -> Result<bool> {
+        check_session_id(session_id)?;
+        let now = Timestamp::now();
+        Ok(self
+            .lock()
+            .revoked
+            .get(session_id)
+            .is_some_and(|until| *until > now))
     }
 
     async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {

@@ -18,6 +18,7 @@ use sqlx::FromRow;
 use super::SqliteStore;
 use super::columns::{int, unsigned};
 use super::error::{During, unique_error};
+use crate::account_store::check_session_id;
 use crate::paging::{fetch_size, id_cursor, into_page};
 use crate::{
     AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
@@ -594,6 +595,38 @@ impl AccountStore for SqliteStore {
         .await
         .during("user_groups")?;
         rows.into_iter().map(GroupRow::into_group).collect()
+    }
+
+    async fn revoke_session(&self, session_id: &str, until: Timestamp) -> Result<()> {
+        check_session_id(session_id)?;
+        sqlx::query("DELETE FROM revoked_sessions WHERE until <= ?")
+            .bind(Timestamp::now().as_millis())
+            .execute(self.pool())
+            .await
+            .during("revoke_session")?;
+        sqlx::query(
+            "INSERT INTO revoked_sessions (session_id, until) VALUES (?, ?) \
+             ON CONFLICT (session_id) DO UPDATE SET until = max(until, excluded.until)",
+        )
+        .bind(session_id)
+        .bind(until.as_millis())
+        .execute(self.pool())
+        .await
+        .during("revoke_session")?;
+        Ok(())
+    }
+
+    async fn is_session_revoked(&self, session_id: &str) -> Result<bool> {
+        check_session_id(session_id)?;
+        let revoked: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM revoked_sessions WHERE session_id = ? AND until > ?)",
+        )
+        .bind(session_id)
+        .bind(Timestamp::now().as_millis())
+        .fetch_one(self.pool())
+        .await
+        .during("is_session_revoked")?;
+        Ok(revoked)
     }
 
     async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {
