@@ -40,10 +40,13 @@ impl AccountCapabilities {
 /// - **Ids.** [`create_user`](Self::create_user) and [`create_group`](Self::create_group) assign
 ///   ids that are unique in the store, also under concurrency, and never reused.
 /// - **Names.** User names are unique, and so are group names, by their canonical form
-///   ([`canonical_name`](crate::canonical_name): NFC, lower case); the name is kept as typed. Of
-///   concurrent creates of one name exactly one succeeds; the others fail with
-///   [`AlreadyExists`](crate::ErrorKind::AlreadyExists). Look-ups by name use the canonical form,
-///   so `user_by_name("ALICE")` finds `Alice`.
+///   ([`canonical_name`](crate::canonical_name): NFC, lower case) and by their skeleton
+///   ([`name_skeleton`](crate::name_skeleton), given by [`NewUser::skeleton`] and
+///   [`NewGroup::skeleton`]): a name that only *looks like* a taken one (`аlice` with a
+///   Cyrillic `а` beside `alice`) is taken too. The name is kept as typed. Of concurrent creates
+///   of one name (or of look-alike names) exactly one succeeds; the others fail with
+///   [`AlreadyExists`](crate::ErrorKind::AlreadyExists). Look-ups by name use the canonical
+///   form, so `user_by_name("ALICE")` finds `Alice`.
 /// - **Passwords.** The store keeps only the [`PasswordHash`] of [`NewUser`] (argon2id, salted).
 ///   [`verify_credentials`](Self::verify_credentials) answers
 ///   [`Unauthenticated`](crate::ErrorKind::Unauthenticated) for an unknown name and for a wrong

@@ -9,6 +9,24 @@ use crate::{
     ScheduledId, ScheduledMessage, Seq, StoredMessage, Timestamp, UserId,
 };
 
+/// The words of a search `query`, lower case, as every backend matches them: `InvalidInput` for
+/// a query with no word, or with a NUL character (which no stored body has: see
+/// [`NewMessage::validate`]). The one place a backend's `search` starts.
+pub fn search_words(query: &str) -> Result<Vec<String>> {
+    if query.contains('\0') {
+        return Err(crate::Error::invalid_input(
+            "the search query contains a NUL character",
+        ));
+    }
+    let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+    if words.is_empty() {
+        return Err(crate::Error::invalid_input(
+            "search query must contain at least one word",
+        ));
+    }
+    Ok(words)
+}
+
 /// How long a store recognises a retry of a message or a schedule, at least: a retry (same
 /// sender, same `client_msg_id`) within this time of the first attempt is a duplicate. A
 /// backend may remember longer (the SQL backends remember forever); clients retry within
@@ -89,7 +107,8 @@ impl MessageCapabilities {
 ///   The claimer appends the message (idempotent by `client_msg_id`) and then calls
 ///   [`finish_scheduled`](Self::finish_scheduled), after which the entry is never handed out
 ///   again (but still recognised by a retry of its `schedule`, for the dedup window).
-/// - **Errors.** `InvalidInput` for a bad message (see [`NewMessage::validate`]), an empty query,
+/// - **Errors.** `InvalidInput` for a bad message (see [`NewMessage::validate`]), a query
+///   [`search_words`] refuses (no word, or a NUL character),
 ///   a limit of 0, or an ack beyond the conversation's last sequence; `NotFound` for an unknown
 ///   or already finished schedule entry; `Unavailable` / `Timeout` for an unreachable backend; `Unsupported` outside
 ///   the capabilities.

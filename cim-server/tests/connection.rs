@@ -299,3 +299,83 @@ async fn a_token_of_a_revoked_login_cannot_log_in() {
     assert!(error.text.contains("logged out"), "{}", error.text);
     client.expect_closed().await;
 }
+
+#[tokio::test]
+async fn a_ping_flood_is_cut_off_and_the_neighbours_chat_on() {
+    let cluster = Cluster::memory();
+    let limits = LimitsConfig {
+        frames: RateLimit::new(20, 20),
+        ..test_limits()
+    };
+    let server = cluster.start_with_limits("s1", test_config(), limits).await;
+    let (_, flood_token) = cluster.user("mallory").await;
+    let (_, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut flood = TestClient::login(server.client_addr(), &flood_token).await;
+    let mut alice = TestClient::login(server.client_addr(), &alice_token).await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+
+    // Far more pings than the limit, as fast as the socket takes them.
+    let mut sent = 0;
+    while sent < 2_000 && flood.try_send(Body::Ping(Ping { nonce: sent })).await {
+        sent += 1;
+    }
+    let (mut pongs, mut refused) = (0, 0);
+    loop {
+        match flood.next_or_closed().await {
+            Some(Body::Pong(_)) => pongs += 1,
+            Some(Body::Error(error)) if error.code == ErrorCode::RateLimited as i32 => {
+                refused += 1;
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => break,
+        }
+    }
+    assert!(
+        pongs <= 40,
+        "at most the burst and what refilled meanwhile: {pongs}"
+    );
+    assert_eq!(
+        refused, 2,
+        "one notice when the flood starts, one at the close"
+    );
+
+    alice
+        .send_text(to_user(bob), "m1", "anyone flooding?")
+        .await;
+    alice.expect_ack().await;
+    assert_eq!(bob_client.expect_deliver().await.body, "anyone flooding?");
+}
+
+#[tokio::test]
+async fn errors_after_login_leave_the_connection_open_as_the_protocol_readme_says() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (bob, _) = cluster.user("bob").await;
+    let (_, token) = cluster.user("alice").await;
+    let mut client = TestClient::login(server.client_addr(), &token).await;
+    let login = client.login.clone().unwrap();
+    assert_eq!(login.max_body_len, 16 * 1024, "the body limit is announced");
+
+    client.send_text(to_user(bob), "", "no id").await;
+    client.expect_error(ErrorCode::InvalidInput).await;
+    client
+        .send_text(to_user(UserId(bob.0 + 100)), "m1", "to nobody")
+        .await;
+    client.expect_error(ErrorCode::UnknownRecipient).await;
+    client.ack("x:1", 3).await;
+    client.expect_error(ErrorCode::InvalidInput).await;
+    client.send(Body::Pong(v1::Pong { nonce: 1 })).await;
+    client.expect_error(ErrorCode::InvalidInput).await;
+    client
+        .send(Body::RefreshToken(v1::RefreshToken {
+            token: "forged".into(),
+        }))
+        .await;
+    client.expect_error(ErrorCode::Unauthenticated).await;
+    client.send(Body::Login(v1::Login::default())).await;
+    client.expect_error(ErrorCode::InvalidInput).await;
+
+    client.send(Body::Ping(Ping { nonce: 9 })).await;
+    assert_eq!(client.next().await, Body::Pong(v1::Pong { nonce: 9 }));
+}

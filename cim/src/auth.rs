@@ -55,14 +55,13 @@ impl AuthConfig {
         }
         let path = data_dir.join(STANDALONE_SECRET_FILE);
         if !path.exists() {
-            std::fs::write(&path, TokenKey::generate_secret()).map_err(|e| {
+            write_private(&path, TokenKey::generate_secret().as_bytes()).map_err(|e| {
                 Error::config(format!(
                     "cannot write the token secret to {}",
                     path.display()
                 ))
                 .with_source(e)
             })?;
-            restrict_permissions(&path)?;
         }
         TokenKey::new(read_secret(&path)?.as_bytes())
     }
@@ -80,17 +79,14 @@ fn read_secret(path: &Path) -> Result<String> {
         })
 }
 
-#[cfg(unix)]
-fn restrict_permissions(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
-        Error::config(format!("cannot restrict access to {}", path.display())).with_source(e)
-    })
-}
-
-#[cfg(not(unix))]
-fn restrict_permissions(_path: &Path) -> Result<()> {
-    Ok(())
+/// Writes a new file that only its owner may read (0600) from the moment it exists.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
 }
 
 #[cfg(test)]

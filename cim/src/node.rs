@@ -100,6 +100,35 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Creates the data directory if missing, readable by its owner only (0700): it holds the
+/// token secret, every account and every message. An existing one that others may read is
+/// made private too.
+fn private_data_dir(dir: &Path) -> Result<()> {
+    let cannot = |e: std::io::Error| {
+        Error::config(format!(
+            "cannot create the data directory {} or make it private",
+            dir.display()
+        ))
+        .with_source(e)
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(cannot)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).map_err(cannot)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::info!(dir = %dir.display(), "making the data directory private (0700)");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(cannot)?;
+        }
+    }
+    Ok(())
+}
+
 /// `cim standalone`.
 pub async fn standalone(file: Option<&Path>, overrides: StandaloneOverrides) -> Result<ExitCode> {
     let mut figment = figment(file, true);
@@ -116,13 +145,7 @@ pub async fn standalone(file: Option<&Path>, overrides: StandaloneOverrides) -> 
         figment = figment.merge(Serialized::default("server.internal_listen", internal));
     }
     let core = CoreConfig::from_figment(&figment)?;
-    std::fs::create_dir_all(&core.data_dir).map_err(|e| {
-        Error::config(format!(
-            "cannot create the data directory {}",
-            core.data_dir.display()
-        ))
-        .with_source(e)
-    })?;
+    private_data_dir(&core.data_dir)?;
     let key = AuthConfig::from_figment(&figment)?.key_or_generate(&core.data_dir)?;
     let server_config = ServerConfig::from_figment(&figment)?;
     let route_config = route_config(&figment)?;

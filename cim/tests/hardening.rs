@@ -137,3 +137,70 @@ async fn silent_http_connections_are_closed_and_never_starve_the_tcp_listener() 
         .expect("an HTTP login after the flood");
     assert!(node.terminate().await.success());
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_and_its_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().expect("temporary directory");
+    let data = parent.path().join("cim-data");
+    let node = StandaloneOptions::new(&data).start().await;
+    let http = reqwest::Client::new();
+    // A sign-up writes to the database, so its WAL exists too.
+    register_and_login(&http, &node.route_url, "alice").await;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).expect("list the data directory") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(
+        files >= 3,
+        "the token secret, the database and its WAL: {files} files"
+    );
+    assert!(node.terminate().await.success());
+}
+
+#[tokio::test]
+async fn look_alike_and_punctuation_only_names_are_refused_at_sign_up() {
+    let data = tempfile::tempdir().expect("data directory");
+    let node = StandaloneOptions::new(data.path()).start().await;
+    let http = reqwest::Client::new();
+    register_and_login(&http, &node.route_url, "alice").await;
+    register_and_login(&http, &node.route_url, "apple").await;
+    let sign_up = |name: &'static str| {
+        let http = &http;
+        let url = format!("{}/api/v1/accounts", node.route_url);
+        async move {
+            http.post(url)
+                .json(&serde_json::json!({"name": name, "password": "correct horse"}))
+                .send()
+                .await
+                .expect("answered")
+                .status()
+                .as_u16()
+        }
+    };
+    for (name, status) in [
+        ("\u{ff41}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}", 400), // fullwidth
+        ("\u{430}lice", 400),                              // Cyrillic a + Latin
+        ("\u{1d41a}lice", 400),                            // mathematical bold
+        (".", 400),
+        ("..", 400),
+        ("-", 400),
+        ("\u{430}\u{440}\u{440}\u{4cf}\u{435}", 409), // all Cyrillic, looks like "apple"
+        ("ALICE", 409),
+    ] {
+        assert_eq!(sign_up(name).await, status, "signing up as {name:?}");
+    }
+    assert_eq!(sign_up("alina").await, 201, "a different name");
+    assert!(node.terminate().await.success());
+}

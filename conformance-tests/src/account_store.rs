@@ -39,6 +39,9 @@ pub fn cases() -> Vec<Case<dyn AccountStore>> {
             "a_taken_name_is_already_exists_whatever_the_case_or_normalisation",
             |h| boxed(a_taken_name_is_already_exists_whatever_the_case_or_normalisation(h)),
         ),
+        Case::always("a_name_that_looks_like_a_taken_one_is_taken", |h| {
+            boxed(a_name_that_looks_like_a_taken_one_is_taken(h))
+        }),
         Case::always(
             "concurrent_creates_of_distinct_names_get_distinct_ids",
             |h| boxed(concurrent_creates_of_distinct_names_get_distinct_ids(h)),
@@ -286,6 +289,32 @@ async fn bans_all(store: &dyn AccountStore, group: GroupId, limit: u32) -> Vec<U
 /// The names of `users`, in order.
 fn names(users: &[User]) -> Vec<&str> {
     users.iter().map(|u| u.name.as_str()).collect()
+}
+
+/// A name whose skeleton (UTS #39) equals a taken one's is `AlreadyExists`: an all-Cyrillic
+/// "аррӏе" beside "apple", "paul1" beside "paull"; for groups too. Names that only share a
+/// prefix are different names.
+pub async fn a_name_that_looks_like_a_taken_one_is_taken(h: Accounts) {
+    let store = h.store().await;
+    let users = create_all(&*store, &["apple", "paull"]).await;
+    for look_alike in ["\u{430}\u{440}\u{440}\u{4cf}\u{435}", "paul1"] {
+        assert_kind(
+            store
+                .create_user(new_user(look_alike, PASSWORD).await)
+                .await,
+            ErrorKind::AlreadyExists,
+            &format!("create_user({look_alike:?}), which looks like a taken name"),
+        );
+    }
+    create(&*store, "apples").await;
+    let group = create_group(&*store, "team1", users[0].id).await;
+    assert_kind(
+        store.create_group(new_group("teaml", users[0].id)).await,
+        ErrorKind::AlreadyExists,
+        "create_group(\"teaml\") beside \"team1\"",
+    );
+    let found = store.group_by_name("team1").await.must("group_by_name");
+    assert_eq!(found, Some(group));
 }
 
 /// A created user can be found by id, and by name in any letter case; the name is kept as

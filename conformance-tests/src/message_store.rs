@@ -613,13 +613,23 @@ pub async fn append_rejects_an_empty_or_too_long_client_msg_id(h: Messages) {
     let too_long_ascii = "x".repeat(max + 1);
     // Fewer characters than the limit, but more bytes.
     let too_long_bytes = "é".repeat(max / 2 + 1);
-    for bad in ["", too_long_ascii.as_str(), too_long_bytes.as_str()] {
+    for bad in [
+        "",
+        too_long_ascii.as_str(),
+        too_long_bytes.as_str(),
+        "nul\0inside",
+    ] {
         assert_kind(
             store.append(direct(1, 2, bad, "rejected")).await,
             ErrorKind::InvalidInput,
             &format!("append with a client_msg_id of {} bytes", bad.len()),
         );
     }
+    assert_kind(
+        store.append(direct(1, 2, "fine", "a \0 in the body")).await,
+        ErrorKind::InvalidInput,
+        "append with a NUL in the body",
+    );
     let last = store.last_seq(dm(1, 2)).await.must("last_seq");
     assert_eq!(last, Seq(0), "rejected messages store nothing");
 
@@ -1230,7 +1240,8 @@ pub async fn search_pages_hold_each_match_once_newest_first(h: Messages) {
     );
 }
 
-/// An empty query, or a page of zero results, is `InvalidInput`.
+/// An empty query, a query with a NUL character, or a page of zero results, is
+/// `InvalidInput`.
 pub async fn search_with_an_empty_query_or_a_limit_of_zero_is_invalid_input(h: Messages) {
     let store = h.store().await;
     append(&*store, direct(1, 2, "a", "something to find")).await;
@@ -1238,6 +1249,11 @@ pub async fn search_with_an_empty_query_or_a_limit_of_zero_is_invalid_input(h: M
         store.search(UserId(1), &[], "", None, 10).await,
         ErrorKind::InvalidInput,
         "search with an empty query",
+    );
+    assert_kind(
+        store.search(UserId(1), &[], "some\0thing", None, 10).await,
+        ErrorKind::InvalidInput,
+        "search with a NUL character",
     );
     assert_kind(
         store.search(UserId(1), &[], "something", None, 0).await,

@@ -5,11 +5,14 @@
 //! row per banned user) and `revoked_sessions` (one row per revoked login, with the time it is
 //! revoked until). Roles and settings are stored as their stable lower-case names.
 //!
-//! Uniqueness of names is the `UNIQUE` constraint on the canonical-name column, so of
-//! concurrent creates of one name PostgreSQL lets exactly one insert through and the others
-//! fail with a unique violation, reported as `AlreadyExists`. Users and groups are never
-//! deleted and a group's owner never changes, so checking that a group and a user exist, or
-//! who owns a group, before touching a membership cannot race with anything.
+//! Uniqueness of names is two `UNIQUE` indexes, on the canonical-name column and on the
+//! skeleton column (both computed in Rust, see [`NewUser::skeleton`]), so of concurrent creates
+//! of one name, or of names that look alike, PostgreSQL lets exactly one insert through and the
+//! others fail with a unique violation, reported as `AlreadyExists`. Rows from before the
+//! skeleton column existed get theirs from [`backfill_skeletons`] when the store opens; of two
+//! old names that look alike the later keeps NULL, which the index allows. Users and groups
+//! are never deleted and a group's owner never changes, so checking that a group and a user
+//! exist, or who owns a group, before touching a membership cannot race with anything.
 //!
 //! Bans are the one place where two statements of different callers must not interleave. A
 //! ban deletes the membership and inserts the ban; an add inserts the membership unless a ban
@@ -23,8 +26,8 @@
 //! Prefix search is a range scan on the canonical-name index: names starting with `p` are
 //! exactly those in `[p, successor(p))`, where the successor increments the last character
 //! (see [`prefix_upper_bound`]). The column has "C" collation, which compares text byte by
-//! byte, and UTF-8 byte order is code point order, so this holds for every script and for `%` and `_`, which mean nothing in
-//! a range.
+//! byte, and UTF-8 byte order is code point order, so this holds for every script and for `%`
+//! and `_`, which mean nothing in a range.
 //!
 //! Revoked logins are one upsert that keeps the later time (`GREATEST`), so concurrent
 //! revocations of one login, from any node, end with the latest. Their times are compared with
@@ -38,13 +41,13 @@ use cim_core::account_store::check_session_id;
 use cim_core::{
     AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
     GroupSettings, Membership, NewGroup, NewUser, Page, PasswordHash, Result, Role, Seq, Timestamp,
-    User, UserId, canonical_name,
+    User, UserId, canonical_name, name_skeleton,
 };
 use sqlx::{FromRow, PgConnection};
 
 use crate::PostgresStore;
 use crate::columns::{int, named, unsigned};
-use crate::error::{During, unique_error};
+use crate::error::{During, db_error, is_unique_violation, unique_error};
 use cim_core::paging::{fetch_size, id_cursor, into_page};
 
 #[derive(FromRow)]
@@ -241,6 +244,82 @@ impl PostgresStore {
     }
 }
 
+/// How many rows [`backfill_skeletons`] reads at a time, so that a large table is not held in
+/// memory at once.
+const BACKFILL_BATCH: i64 = 1000;
+
+/// The statements that backfill one table's skeletons, and what its rows are called in a
+/// warning.
+struct Backfill {
+    what: &'static str,
+    /// The next rows without a skeleton after id `$1`, at most `$2`, by id.
+    select: &'static str,
+    /// Sets row `$2`'s skeleton to `$1`, unless something did meanwhile.
+    update: &'static str,
+}
+
+const USER_SKELETONS: Backfill = Backfill {
+    what: "user",
+    select: "SELECT id, name FROM users WHERE skeleton IS NULL AND id > $1 ORDER BY id LIMIT $2",
+    update: "UPDATE users SET skeleton = $1 WHERE id = $2 AND skeleton IS NULL",
+};
+
+const GROUP_SKELETONS: Backfill = Backfill {
+    what: "group",
+    select: "SELECT id, name FROM chat_groups WHERE skeleton IS NULL AND id > $1 \
+             ORDER BY id LIMIT $2",
+    update: "UPDATE chat_groups SET skeleton = $1 WHERE id = $2 AND skeleton IS NULL",
+};
+
+/// Gives the users and groups created before names had skeletons theirs (migration 0008 adds
+/// the columns; SQL cannot compute a UTS #39 skeleton). Rows are visited by id, so of two old
+/// names that look alike the first keeps its skeleton and the later keeps NULL, with a
+/// warning: neither loses its account, and no third look-alike gets in.
+///
+/// Run after the migrations on the connection that holds their advisory lock (see
+/// `prepare_schema`), so nodes starting together do not backfill the same rows at once. Each
+/// update is a statement of its own: a look-alike refused by the index costs only its row.
+pub(crate) async fn backfill_skeletons(conn: &mut PgConnection) -> Result<()> {
+    for table in [USER_SKELETONS, GROUP_SKELETONS] {
+        backfill_table(conn, &table).await?;
+    }
+    Ok(())
+}
+
+async fn backfill_table(conn: &mut PgConnection, table: &Backfill) -> Result<()> {
+    const OPERATION: &str = "backfill_skeletons";
+    let mut after = 0_i64;
+    loop {
+        let rows: Vec<(i64, String)> = sqlx::query_as(table.select)
+            .bind(after)
+            .bind(BACKFILL_BATCH)
+            .fetch_all(&mut *conn)
+            .await
+            .during(OPERATION)?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(());
+        };
+        after = *last;
+        for (id, name) in rows {
+            let updated = sqlx::query(table.update)
+                .bind(name_skeleton(&name))
+                .bind(id)
+                .execute(&mut *conn)
+                .await;
+            match updated {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => tracing::warn!(
+                    id,
+                    name,
+                    "an older {} name looks like another one; it keeps no skeleton",
+                    table.what
+                ),
+                Err(e) => return Err(db_error(OPERATION, e)),
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl AccountStore for PostgresStore {
     fn capabilities(&self) -> AccountCapabilities {
@@ -249,11 +328,12 @@ impl AccountStore for PostgresStore {
 
     async fn create_user(&self, new: NewUser) -> Result<User> {
         let row: UserRow = sqlx::query_as(
-            "INSERT INTO users (name, canonical, password_hash, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING id, name, created_at",
+            "INSERT INTO users (name, canonical, skeleton, password_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id, name, created_at",
         )
         .bind(new.name())
         .bind(new.canonical_name())
+        .bind(new.skeleton())
         .bind(new.password_hash().as_phc())
         .bind(Timestamp::now().as_millis())
         .fetch_one(self.pool())
@@ -261,7 +341,7 @@ impl AccountStore for PostgresStore {
         .map_err(|e| {
             unique_error("create_user", e, || {
                 Error::already_exists(format!(
-                    "user name {:?} is taken; choose another",
+                    "user name {:?} is taken (or looks like one that is); choose another",
                     new.name()
                 ))
             })
@@ -387,12 +467,13 @@ impl AccountStore for PostgresStore {
         }
         let settings = new.group_settings();
         let row: GroupRow = sqlx::query_as(concat!(
-            "INSERT INTO chat_groups (name, canonical, owner, created_at, access, history) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+            "INSERT INTO chat_groups (name, canonical, skeleton, owner, created_at, access, \
+             history) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
             group_columns!()
         ))
         .bind(new.name())
         .bind(new.canonical_name())
+        .bind(new.skeleton())
         .bind(int(new.owner().0))
         .bind(Timestamp::now().as_millis())
         .bind(settings.access.as_str())
@@ -402,7 +483,7 @@ impl AccountStore for PostgresStore {
         .map_err(|e| {
             unique_error(OPERATION, e, || {
                 Error::already_exists(format!(
-                    "group name {:?} is taken; choose another",
+                    "group name {:?} is taken (or looks like one that is); choose another",
                     new.name()
                 ))
             })

@@ -54,9 +54,7 @@ pub(crate) fn unique_error(
     e: sqlx::Error,
     taken: impl FnOnce() -> Error,
 ) -> Error {
-    let unique =
-        matches!(&e, sqlx::Error::Database(db) if db.kind() == DbErrorKind::UniqueViolation);
-    if unique {
+    if is_unique_violation(&e) {
         taken()
             .with_context("backend", "postgres")
             .with_context("operation", operation)
@@ -64,6 +62,11 @@ pub(crate) fn unique_error(
     } else {
         db_error(operation, e)
     }
+}
+
+/// Whether `e` is PostgreSQL refusing a row that would duplicate a `UNIQUE` key.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == DbErrorKind::UniqueViolation)
 }
 
 fn database_error(db: &dyn DatabaseError) -> Error {

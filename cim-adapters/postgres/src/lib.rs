@@ -15,9 +15,11 @@
 //!   reconnects). Two deployments, or two test cases, can share one database and never see each
 //!   other's rows.
 //! - **Migrations are embedded** (`migrations/`, versioned) and run at every start; applied ones
-//!   are skipped. sqlx holds a PostgreSQL advisory lock (keyed by the database name) while it
-//!   migrates, so nodes starting together migrate one after the other; the schema itself is
-//!   created under a transaction-scoped advisory lock of ours for the same reason.
+//!   are skipped. sqlx's PostgreSQL advisory lock (keyed by the database name) is held while
+//!   they run and while the store then fills in what SQL cannot compute (the name skeletons of
+//!   rows older than their column), so nodes starting together migrate one after the other; the
+//!   schema itself is created under a transaction-scoped advisory lock of ours for the same
+//!   reason.
 //! - **Runtime-checked SQL only**, from static strings: building never needs a database, and no
 //!   SQL text is ever built from input. Variable-length inputs are bound as arrays.
 //! - **Bounded waits.** `connect_timeout` bounds how long an operation waits for a connection
@@ -44,7 +46,8 @@ use cim_core::registry::{
     SessionStoreFactory,
 };
 use cim_core::{AccountStore, Error, MessageStore, MetaStore, Result, SessionStore};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::migrate::Migrate;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection};
 
 pub use config::PostgresConfig;
@@ -192,7 +195,8 @@ fn schema_name(namespace: &str) -> Result<String> {
     Ok(namespace.to_string())
 }
 
-/// Creates the schema if missing, then runs the migrations in it.
+/// Creates the schema if missing, then runs the migrations in it and backfills what SQL cannot
+/// compute.
 async fn prepare_schema(pool: &PgPool, schema: &str) -> Result<()> {
     const OPERATION: &str = "create_schema";
     let mut conn = pool.acquire().await.during(OPERATION)?;
@@ -212,9 +216,37 @@ async fn prepare_schema(pool: &PgPool, schema: &str) -> Result<()> {
     .await
     .during(OPERATION)?;
     tx.commit().await.during(OPERATION)?;
-    drop(conn);
-    sqlx::migrate!("./migrations")
-        .run(pool)
+    let migrated = migrate(&mut conn, schema).await;
+    if migrated.is_err() {
+        // The connection may still hold the migration lock (a session lock): closing it is
+        // what surely releases it, rather than handing it back to the pool.
+        let _ = conn.detach().close().await;
+    }
+    migrated
+}
+
+/// Runs the migrations, then [`accounts::backfill_skeletons`], holding sqlx's migration lock
+/// (a session-level advisory lock keyed by the database name) on `conn` for both: nodes
+/// starting together migrate one after the other, and the second finds nothing left to
+/// backfill. The migrator's own locking is turned off: it would take and release the same lock
+/// around the migrations alone.
+async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<()> {
+    Migrate::lock(conn)
+        .await
+        .map_err(|e| migrate_error(schema, e))?;
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_locking(false);
+    // `run_direct` is `run` on a connection already acquired: `run(&mut *conn)` would do the
+    // same, but its `Acquire<'a>` bound keeps the compiler from proving this future `Send`
+    // (sqlx keeps `run_direct` public for that reason).
+    migrator
+        .run_direct(None, conn, false)
+        .await
+        .map_err(|e| migrate_error(schema, e))?;
+    accounts::backfill_skeletons(conn)
+        .await
+        .map_err(|e| e.with_context("schema", schema))?;
+    Migrate::unlock(conn)
         .await
         .map_err(|e| migrate_error(schema, e))
 }

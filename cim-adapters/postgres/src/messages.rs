@@ -395,7 +395,7 @@ impl MessageStore for PostgresStore {
         limit: u32,
     ) -> Result<Page<StoredMessage>> {
         let fetch = fetch_size(limit)?;
-        let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+        let words = cim_core::message_store::search_words(query)?;
         let Some(longest) = words.iter().max_by_key(|word| word.len()) else {
             return Err(Error::invalid_input(
                 "search query must contain at least one word",

@@ -2,10 +2,25 @@
 //!
 //! Ids come from counters (`INCR`), so they are unique and never reused across every node.
 //! Creating a user or a group is one Lua script that checks the canonical name in a hash of
-//! names and claims it in the same step, which is what makes exactly one of concurrent creates
-//! of a name succeed. Prefix search walks a sorted set of canonical names (all scores 0, so the
-//! order is byte order) with `ZRANGEBYLEX` from the prefix, stopping at the first name that no
-//! longer starts with it: the cost is the page, not the number of users.
+//! names and the skeleton in a hash of skeletons and claims both in the same step, which is what
+//! makes exactly one of concurrent creates of a name, or of look-alike names, succeed. The
+//! skeleton comes from Rust ([`NewUser::skeleton`], [`NewGroup::skeleton`]): Lua cannot compute
+//! UTS #39.
+//!
+//! Names created before skeletons existed have none, so [`RedisAccountStore::connect`] gives
+//! them theirs before the store is used: it walks the ids from the backfill's mark up to the
+//! counter, in batches, reads each name, computes its skeleton and claims it unless another id
+//! holds it (one script per batch). Walking by id rather than by `HSCAN` keeps the order of
+//! creation, so of two older look-alikes the earlier keeps the skeleton and the later keeps its
+//! account without one (logged), as in the SQLite store, and nodes starting together claim the
+//! same skeletons for the same ids whatever their interleaving: a second run finds its own ids
+//! and changes nothing. The mark (the counter's value when a walk began) then spares the next
+//! start a walk of everyone; the names a node of the previous version creates during a rolling
+//! upgrade lie above it, so the next start of an upgraded node claims their skeletons too.
+//!
+//! Prefix search walks a sorted set of canonical names (all scores 0, so the order is byte
+//! order) with `ZRANGEBYLEX` from the prefix, stopping at the first name that no longer starts
+//! with it: the cost is the page, not the number of users.
 //!
 //! Every change to a group's members is one Lua script that checks the group, the user, the
 //! owner and the bans and then writes, so the checks and the change are one step: a ban and an
@@ -29,9 +44,12 @@
 //! | `p next_user`, `p next_group` | counter | the last id given out |
 //! | `p user:{id}` | hash | `name`, `created`, `phc` |
 //! | `p user_names` | hash | canonical name -> user id |
+//! | `p user_skeletons` | hash | skeleton of the name -> user id |
 //! | `p user_index` | sorted set | canonical user names, for prefix search |
 //! | `p group:{id}` | hash | `name`, `owner`, `created`, `access`, `history` (missing: `open`, `full`) |
 //! | `p group_names` | hash | canonical name -> group id |
+//! | `p group_skeletons` | hash | skeleton of the name -> group id |
+//! | `p user_skeletons_upto`, `p group_skeletons_upto` | string | the id up to which older names were given their skeleton |
 //! | `p members:{group}` | sorted set | padded user ids, the paging index of members |
 //! | `p member_info:{group}` | hash | padded user id -> `role:since` (missing: `member:1`, or `owner:1` for the owner) |
 //! | `p bans:{group}` | sorted set | padded ids of the users banned from the group |
@@ -46,20 +64,23 @@ use cim_core::registry::{AccountStoreFactory, BackendOptions, BuildFuture};
 use cim_core::{
     AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
     GroupSettings, Membership, NewGroup, NewUser, Page, PasswordHash, Result, Role, Seq, Timestamp,
-    User, UserId, canonical_name,
+    User, UserId, canonical_name, name_skeleton,
 };
 use redis::Script;
 
 use crate::RedisConfig;
 use crate::connection::{Redis, convert, padded};
 
-/// ARGV: p, canonical, name, phc, created. Returns the new id, or 0 if the name is taken.
+/// ARGV: p, canonical, skeleton, name, phc, created. Returns the new id, 0 if the name is
+/// taken, -1 if it looks like a taken one.
 const CREATE_USER: &str = r#"
-local p, canon, name, phc, created = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local p, canon, skel, name, phc, created = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if redis.call('HEXISTS', p .. 'user_names', canon) == 1 then return 0 end
+if redis.call('HEXISTS', p .. 'user_skeletons', skel) == 1 then return -1 end
 local id = redis.call('INCR', p .. 'next_user')
 redis.call('HSET', p .. 'user:' .. id, 'name', name, 'created', created, 'phc', phc)
 redis.call('HSET', p .. 'user_names', canon, id)
+redis.call('HSET', p .. 'user_skeletons', skel, id)
 redis.call('ZADD', p .. 'user_index', 0, canon)
 return id
 "#;
@@ -91,16 +112,18 @@ end
 return out
 "#;
 
-/// ARGV: p, canonical, name, owner, created, access, history. Returns the new id, 0 if the name
-/// is taken, -1 if the owner does not exist.
+/// ARGV: p, canonical, skeleton, name, owner, created, access, history. Returns the new id, 0
+/// if the name is taken, -1 if the owner does not exist, -2 if the name looks like a taken one.
 const CREATE_GROUP: &str = r#"
-local p, canon, name, owner, created = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local p, canon, skel, name, owner, created = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if redis.call('EXISTS', p .. 'user:' .. owner) == 0 then return -1 end
 if redis.call('HEXISTS', p .. 'group_names', canon) == 1 then return 0 end
+if redis.call('HEXISTS', p .. 'group_skeletons', skel) == 1 then return -2 end
 local id = redis.call('INCR', p .. 'next_group')
 redis.call('HSET', p .. 'group:' .. id, 'name', name, 'owner', owner, 'created', created,
-  'access', ARGV[6], 'history', ARGV[7])
+  'access', ARGV[7], 'history', ARGV[8])
 redis.call('HSET', p .. 'group_names', canon, id)
+redis.call('HSET', p .. 'group_skeletons', skel, id)
 local po = string.format('%020d', tonumber(owner))
 redis.call('ZADD', p .. 'members:' .. id, 0, po)
 redis.call('HSET', p .. 'member_info:' .. id, po, 'owner:1')
@@ -248,6 +271,35 @@ end
 return out
 "#;
 
+/// ARGV: p, kind (`user` | `group`), then {id, skeleton}* in id order. Gives each free
+/// skeleton to its id and answers the ids whose skeleton another id holds: look-alikes of an
+/// older name. (`HSETNX` alone could not tell them from a second run, which finds its own id.)
+const BACKFILL_SKELETONS: &str = r#"
+local key = ARGV[1] .. ARGV[2] .. '_skeletons'
+local look_alikes = {}
+for i = 3, #ARGV, 2 do
+  local holder = redis.call('HGET', key, ARGV[i + 1])
+  if not holder then
+    redis.call('HSET', key, ARGV[i + 1], ARGV[i])
+  elseif holder ~= ARGV[i] then
+    table.insert(look_alikes, ARGV[i])
+  end
+end
+return look_alikes
+"#;
+
+/// ARGV: p, kind (`user` | `group`), last id walked. Raises the backfill's mark to that id; a
+/// node that walked less never lowers it.
+const BACKFILLED: &str = r#"
+local key = ARGV[1] .. ARGV[2] .. '_skeletons_upto'
+if tonumber(redis.call('GET', key) or '0') < tonumber(ARGV[3]) then
+  redis.call('SET', key, ARGV[3])
+end
+"#;
+
+/// How many ids one step of the skeleton backfill reads and claims.
+const BACKFILL_BATCH: u64 = 500;
+
 /// ARGV: p, session id, until (ms). Keeps the later of the stored and the new time. Returns 1
 /// if the new time was kept.
 const REVOKE_SESSION: &str = r#"
@@ -292,6 +344,8 @@ struct Scripts {
     bans: Script,
     user_groups: Script,
     revoke_session: Script,
+    backfill_skeletons: Script,
+    backfilled: Script,
 }
 
 /// A membership change: the checked prelude, then `parts`.
@@ -321,9 +375,10 @@ impl std::fmt::Debug for RedisAccountStore {
 }
 
 impl RedisAccountStore {
-    /// Connects to the Redis `config` names and keeps accounts under `{namespace}:acct:`.
+    /// Connects to the Redis `config` names and keeps accounts under `{namespace}:acct:`, after
+    /// giving the names of the version before skeletons theirs (see the module docs).
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<RedisAccountStore> {
-        Ok(RedisAccountStore {
+        let store = RedisAccountStore {
             redis: Redis::connect(config).await?,
             prefix: format!("{namespace}:acct:"),
             scripts: Scripts {
@@ -343,8 +398,72 @@ impl RedisAccountStore {
                 bans: Script::new(BANS),
                 user_groups: Script::new(USER_GROUPS),
                 revoke_session: Script::new(REVOKE_SESSION),
+                backfill_skeletons: Script::new(BACKFILL_SKELETONS),
+                backfilled: Script::new(BACKFILLED),
             },
-        })
+        };
+        for kind in ["user", "group"] {
+            store.backfill_skeletons(kind).await?;
+        }
+        Ok(store)
+    }
+
+    /// Claims the skeleton of every `kind` (`user` or `group`) name above the backfill's mark,
+    /// in id order, so that of two older look-alikes the earlier keeps it; the later keeps its
+    /// account and no skeleton (logged). Then raises the mark to the last id walked.
+    async fn backfill_skeletons(&self, kind: &str) -> Result<()> {
+        const OPERATION: &str = "backfill name skeletons";
+        let mut conn = self.redis.conn();
+        let (upto, last): (Option<u64>, Option<u64>) = redis::pipe()
+            .get(format!("{}{kind}_skeletons_upto", self.prefix))
+            .get(format!("{}next_{kind}", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| convert(e, OPERATION))?;
+        let (mut first, last) = (upto.unwrap_or(0) + 1, last.unwrap_or(0));
+        if first > last {
+            return Ok(());
+        }
+        while first <= last {
+            let ids = first..=last.min(first.saturating_add(BACKFILL_BATCH - 1));
+            let mut read = redis::pipe();
+            for id in ids.clone() {
+                read.hget(format!("{}{kind}:{id}", self.prefix), "name");
+            }
+            let names: Vec<Option<String>> = read
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| convert(e, OPERATION))?;
+            let named: Vec<(u64, String)> = ids
+                .zip(names)
+                .filter_map(|(id, name)| Some((id, name?)))
+                .collect();
+            let mut claim = self.scripts.backfill_skeletons.arg(&self.prefix);
+            claim.arg(kind);
+            for (id, name) in &named {
+                claim.arg(id).arg(name_skeleton(name));
+            }
+            let look_alikes: Vec<u64> = claim
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| convert(e, OPERATION))?;
+            for (id, name) in named.iter().filter(|(id, _)| look_alikes.contains(id)) {
+                tracing::warn!(
+                    id,
+                    name,
+                    "an older {kind} name looks like another; it keeps no skeleton"
+                );
+            }
+            first = first.saturating_add(BACKFILL_BATCH);
+        }
+        self.scripts
+            .backfilled
+            .arg(&self.prefix)
+            .arg(kind)
+            .arg(last)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(|e| convert(e, OPERATION))
     }
 
     async fn user_with_hash(&self, name: &str) -> Result<Option<(User, PasswordHash)>> {
@@ -403,6 +522,13 @@ impl RedisAccountStore {
 fn malformed(what: &str) -> Error {
     Error::internal(format!("a {what} stored in redis is malformed"))
         .with_context("backend", "redis")
+}
+
+/// `AlreadyExists` for a `what` name whose skeleton is taken: it looks like another name.
+fn looks_taken(what: &str, name: &str) -> Error {
+    Error::already_exists(format!(
+        "{what} name {name:?} looks like a name that is taken; choose another"
+    ))
 }
 
 fn no_group(group: GroupId) -> Error {
@@ -521,28 +647,30 @@ impl AccountStore for RedisAccountStore {
 
     async fn create_user(&self, new: NewUser) -> Result<User> {
         let created_at = Timestamp::now();
-        let id: u64 = self
+        let id: i64 = self
             .scripts
             .create_user
             .arg(&self.prefix)
             .arg(new.canonical_name())
+            .arg(new.skeleton())
             .arg(new.name())
             .arg(new.password_hash().as_phc())
             .arg(created_at.0)
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "create user"))?;
-        if id == 0 {
-            return Err(Error::already_exists(format!(
+        match id {
+            0 => Err(Error::already_exists(format!(
                 "user name {:?} is taken; choose another",
                 new.name()
-            )));
+            ))),
+            -1 => Err(looks_taken("user", new.name())),
+            id => Ok(User {
+                id: UserId(u64::try_from(id).map_err(|_| malformed("user id"))?),
+                name: new.name().to_string(),
+                created_at,
+            }),
         }
-        Ok(User {
-            id: UserId(id),
-            name: new.name().to_string(),
-            created_at,
-        })
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>> {
@@ -618,6 +746,7 @@ impl AccountStore for RedisAccountStore {
             .create_group
             .arg(&self.prefix)
             .arg(new.canonical_name())
+            .arg(new.skeleton())
             .arg(new.name())
             .arg(new.owner().0)
             .arg(created_at.0)
@@ -635,6 +764,7 @@ impl AccountStore for RedisAccountStore {
                 "group name {:?} is taken; choose another",
                 new.name()
             ))),
+            -2 => Err(looks_taken("group", new.name())),
             id => Ok(Group {
                 id: GroupId(u64::try_from(id).map_err(|_| malformed("group id"))?),
                 name: new.name().to_string(),

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NameRules, PasswordHash, Timestamp, UserId, canonical_name};
+use super::{NameRules, PasswordHash, Timestamp, UserId, canonical_name, name_skeleton};
 use crate::Result;
 
 /// A user account as stored (without its password hash).
@@ -25,6 +25,7 @@ pub struct User {
 pub struct NewUser {
     name: String,
     canonical: String,
+    skeleton: String,
     password_hash: PasswordHash,
 }
 
@@ -36,6 +37,7 @@ impl NewUser {
         let password_hash = PasswordHash::hash(password).await?;
         Ok(NewUser {
             canonical: canonical_name(&name),
+            skeleton: name_skeleton(&name),
             name,
             password_hash,
         })
@@ -49,6 +51,12 @@ impl NewUser {
     /// The canonical name, the uniqueness key (see [`canonical_name`]).
     pub fn canonical_name(&self) -> &str {
         &self.canonical
+    }
+
+    /// The confusable skeleton, the second uniqueness key (see [`name_skeleton`]): no two
+    /// users have names that look alike.
+    pub fn skeleton(&self) -> &str {
+        &self.skeleton
     }
 
     /// The password hash to store.

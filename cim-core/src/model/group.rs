@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{GroupId, NameRules, Seq, Timestamp, UserId, canonical_name};
+use super::{GroupId, NameRules, Seq, Timestamp, UserId, canonical_name, name_skeleton};
 use crate::Result;
 
 /// A group as stored.
@@ -148,6 +148,7 @@ pub struct Membership {
 pub struct NewGroup {
     name: String,
     canonical: String,
+    skeleton: String,
     owner: UserId,
     settings: GroupSettings,
 }
@@ -168,6 +169,7 @@ impl NewGroup {
         let name = rules.validate("group name", name)?;
         Ok(NewGroup {
             canonical: canonical_name(&name),
+            skeleton: name_skeleton(&name),
             name,
             owner,
             settings: GroupSettings::default(),
@@ -188,6 +190,11 @@ impl NewGroup {
     /// The canonical name, the uniqueness key.
     pub fn canonical_name(&self) -> &str {
         &self.canonical
+    }
+
+    /// The confusable skeleton, the second uniqueness key (see [`name_skeleton`]).
+    pub fn skeleton(&self) -> &str {
+        &self.skeleton
     }
 
     /// The creator, and first member.

@@ -26,8 +26,9 @@ impl NewMessage {
     pub const MAX_CLIENT_MSG_ID_LEN: usize = 128;
 
     /// Checks the fields every store relies on: a non-empty `client_msg_id` of at most
-    /// [`Self::MAX_CLIENT_MSG_ID_LEN`] bytes. Stores call this first in `append` and `schedule`.
-    /// (Body size limits are the server's, enforced on the wire.)
+    /// [`Self::MAX_CLIENT_MSG_ID_LEN`] bytes, and no NUL character in it or in the body (some
+    /// databases cannot store one). Stores call this first in `append` and `schedule`. (Body
+    /// size limits are the pipeline's, `[limits] max_body_len`.)
     pub fn validate(&self) -> Result<()> {
         if self.client_msg_id.is_empty() || self.client_msg_id.len() > Self::MAX_CLIENT_MSG_ID_LEN {
             return Err(Error::invalid_input(format!(
@@ -35,6 +36,11 @@ impl NewMessage {
                 Self::MAX_CLIENT_MSG_ID_LEN,
                 self.client_msg_id.len()
             )));
+        }
+        if self.client_msg_id.contains('\0') || self.body.contains('\0') {
+            return Err(Error::invalid_input(
+                "the message contains a NUL character; remove it",
+            ));
         }
         Ok(())
     }

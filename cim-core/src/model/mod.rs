@@ -19,7 +19,7 @@ pub use conversation::{ConversationId, Recipient};
 pub use group::{Group, GroupAccess, GroupHistory, GroupSettings, Membership, NewGroup, Role};
 pub use ids::{ConnectionId, GroupId, MessageId, ScheduledId, Seq, ServerId, Timestamp, UserId};
 pub use message::{Appended, HistoryQuery, NewMessage, Scheduled, ScheduledMessage, StoredMessage};
-pub use name::{NameRules, canonical_name};
+pub use name::{NameRules, canonical_name, name_skeleton};
 pub use page::{Cursor, Page};
 pub use password::PasswordHash;
 pub use server::ServerInfo;

@@ -7,7 +7,7 @@
 //! under the lock: the trait's `verify_credentials` fetches the hash with
 //! [`credentials`](AccountStore::credentials) and runs the (deliberately slow) argon2 check after.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -57,9 +57,13 @@ struct State {
     users: HashMap<UserId, StoredUser>,
     /// Canonical name to id; ordered, for prefix search.
     user_names: BTreeMap<String, UserId>,
+    /// The skeletons of taken user names.
+    user_skeletons: HashSet<String>,
     groups: HashMap<GroupId, Group>,
     /// Canonical name to id.
     group_names: HashMap<String, GroupId>,
+    /// The skeletons of taken group names.
+    group_skeletons: HashSet<String>,
     /// Each group's members, by user id.
     members: HashMap<GroupId, BTreeMap<UserId, Membership>>,
     /// The reverse of `members`, so a user's groups come without scanning every group.
@@ -176,6 +180,13 @@ fn page_by_user<T: Clone>(
     })
 }
 
+/// `AlreadyExists` for a `what` name that looks like a taken one.
+fn looks_taken(what: &str, name: &str) -> Error {
+    Error::already_exists(format!(
+        "{what} name {name:?} looks like a name that is taken; choose another"
+    ))
+}
+
 /// `limit` as a page size; 0 is refused, as the contract says.
 fn page_size(limit: u32) -> Result<usize> {
     if limit == 0 {
@@ -198,6 +209,9 @@ impl AccountStore for MemoryAccountStore {
                 new.name()
             )));
         }
+        if state.user_skeletons.contains(new.skeleton()) {
+            return Err(looks_taken("user", new.name()));
+        }
         state.last_user_id += 1;
         let user = User {
             id: UserId(state.last_user_id),
@@ -207,6 +221,7 @@ impl AccountStore for MemoryAccountStore {
         state
             .user_names
             .insert(new.canonical_name().to_string(), user.id);
+        state.user_skeletons.insert(new.skeleton().to_string());
         state.users.insert(
             user.id,
             StoredUser {
@@ -281,6 +296,10 @@ impl AccountStore for MemoryAccountStore {
                 new.name()
             )));
         }
+        if state.group_skeletons.contains(new.skeleton()) {
+            return Err(looks_taken("group", new.name()));
+        }
+        state.group_skeletons.insert(new.skeleton().to_string());
         state.last_group_id += 1;
         let settings = new.group_settings();
         let group = Group {

@@ -336,12 +336,7 @@ impl MessageStore for MemoryMessageStore {
         limit: u32,
     ) -> Result<Page<StoredMessage>> {
         let limit = page_size(limit)?;
-        let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
-        if words.is_empty() {
-            return Err(Error::invalid_input(
-                "search query must contain at least one word",
-            ));
-        }
+        let words = crate::message_store::search_words(query)?;
         let before = cursor.map(parse_search_cursor).transpose()?;
         let state = self.lock();
         let readable = state.visible(user, groups);

@@ -23,7 +23,7 @@ use crate::paging::{fetch_size, id_cursor, into_page};
 use crate::{
     AccountCapabilities, AccountStore, Cursor, Error, Group, GroupAccess, GroupHistory, GroupId,
     GroupSettings, Membership, NewGroup, NewUser, Page, PasswordHash, Result, Role, Seq, Timestamp,
-    User, UserId, canonical_name,
+    User, UserId, canonical_name, name_skeleton,
 };
 
 #[derive(FromRow)]
@@ -180,6 +180,62 @@ impl SqliteStore {
     }
 }
 
+/// Gives the users and groups created before names had skeletons theirs (migration 0006 adds
+/// the columns; SQL cannot compute a UTS #39 skeleton). Two old names that look alike keep the
+/// first one's skeleton only: neither loses its account, and no third look-alike gets in.
+pub(super) async fn backfill_skeletons(pool: &sqlx::SqlitePool) -> Result<()> {
+    let users: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, name FROM users WHERE skeleton IS NULL ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .during("backfill_skeletons")?;
+    for (id, name) in users {
+        let done = sqlx::query("UPDATE users SET skeleton = ? WHERE id = ?")
+            .bind(name_skeleton(&name))
+            .bind(id)
+            .execute(pool)
+            .await;
+        skip_look_alike(done, "user", &name)?;
+    }
+    let groups: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, name FROM chat_groups WHERE skeleton IS NULL ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .during("backfill_skeletons")?;
+    for (id, name) in groups {
+        let done = sqlx::query("UPDATE chat_groups SET skeleton = ? WHERE id = ?")
+            .bind(name_skeleton(&name))
+            .bind(id)
+            .execute(pool)
+            .await;
+        skip_look_alike(done, "group", &name)?;
+    }
+    Ok(())
+}
+
+/// A backfill update's outcome: a look-alike of an older name is left without a skeleton.
+fn skip_look_alike(
+    done: std::result::Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error>,
+    what: &str,
+    name: &str,
+) -> Result<()> {
+    match done {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let error = unique_error("backfill_skeletons", e, || Error::already_exists(""));
+            if error.kind() == crate::ErrorKind::AlreadyExists {
+                tracing::warn!(
+                    name,
+                    "an older {what} name looks like another; it keeps no skeleton"
+                );
+                Ok(())
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl AccountStore for SqliteStore {
     fn capabilities(&self) -> AccountCapabilities {
@@ -188,11 +244,12 @@ impl AccountStore for SqliteStore {
 
     async fn create_user(&self, new: NewUser) -> Result<User> {
         let row: UserRow = sqlx::query_as(
-            "INSERT INTO users (name, canonical, password_hash, created_at) VALUES (?, ?, ?, ?) \
-             RETURNING id, name, created_at",
+            "INSERT INTO users (name, canonical, skeleton, password_hash, created_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING id, name, created_at",
         )
         .bind(new.name())
         .bind(new.canonical_name())
+        .bind(new.skeleton())
         .bind(new.password_hash().as_phc())
         .bind(Timestamp::now().as_millis())
         .fetch_one(self.pool())
@@ -200,7 +257,7 @@ impl AccountStore for SqliteStore {
         .map_err(|e| {
             unique_error("create_user", e, || {
                 Error::already_exists(format!(
-                    "user name {:?} is taken; choose another",
+                    "user name {:?} is taken (or looks like one that is); choose another",
                     new.name()
                 ))
             })
@@ -330,11 +387,13 @@ impl AccountStore for SqliteStore {
         }
         let settings = new.group_settings();
         let row: GroupRow = sqlx::query_as(
-            "INSERT INTO chat_groups (name, canonical, owner, created_at, access, history) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id, name, owner, created_at, access, history",
+            "INSERT INTO chat_groups (name, canonical, skeleton, owner, created_at, access, \
+             history) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             RETURNING id, name, owner, created_at, access, history",
         )
         .bind(new.name())
         .bind(new.canonical_name())
+        .bind(new.skeleton())
         .bind(int(new.owner().0))
         .bind(Timestamp::now().as_millis())
         .bind(settings.access.as_str())
@@ -344,7 +403,7 @@ impl AccountStore for SqliteStore {
         .map_err(|e| {
             unique_error(OPERATION, e, || {
                 Error::already_exists(format!(
-                    "group name {:?} is taken; choose another",
+                    "group name {:?} is taken (or looks like one that is); choose another",
                     new.name()
                 ))
             })
@@ -677,6 +736,55 @@ mod tests {
         assert_eq!(prefix_upper_bound("a\u{10ffff}").as_deref(), Some("b"));
         assert_eq!(prefix_upper_bound(""), None);
         assert_eq!(prefix_upper_bound("\u{10ffff}"), None);
+    }
+
+    #[tokio::test]
+    async fn names_from_before_skeletons_get_theirs_when_the_file_opens() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("cim.db");
+        let store = SqliteStore::open(&path).await.expect("opens");
+        let hash = PasswordHash::hash("secret").await.expect("hash");
+        // Rows as a cim without skeletons wrote them: two names that look alike.
+        for name in ["paul1", "paull"] {
+            sqlx::query(
+                "INSERT INTO users (name, canonical, password_hash, created_at) \
+                 VALUES (?, ?, ?, 0)",
+            )
+            .bind(name)
+            .bind(name)
+            .bind(hash.as_phc())
+            .execute(store.pool())
+            .await
+            .expect("an old row");
+        }
+        store.close().await;
+        drop(store);
+
+        let store = SqliteStore::open(&path)
+            .await
+            .expect("reopens and backfills");
+        let skeletons: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT skeleton FROM users ORDER BY id")
+                .fetch_all(store.pool())
+                .await
+                .expect("read back");
+        assert_eq!(
+            skeletons,
+            [Some(crate::name_skeleton("paul1")), None],
+            "the first keeps the skeleton, the later look-alike none"
+        );
+        assert!(
+            store
+                .user_by_name("paull")
+                .await
+                .expect("look-up")
+                .is_some()
+        );
+        let err = store
+            .create_user(new_user("pauI1").await)
+            .await
+            .expect_err("a third look-alike");
+        assert_eq!(err.kind(), crate::ErrorKind::AlreadyExists);
     }
 
     #[tokio::test]

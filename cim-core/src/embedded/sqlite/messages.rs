@@ -395,12 +395,7 @@ impl MessageStore for SqliteStore {
         limit: u32,
     ) -> Result<Page<StoredMessage>> {
         let fetch = fetch_size(limit)?;
-        let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
-        if words.is_empty() {
-            return Err(Error::invalid_input(
-                "search query must contain at least one word",
-            ));
-        }
+        let words = crate::message_store::search_words(query)?;
         let below = match cursor {
             Some(cursor) => int(id_cursor(Some(cursor), "search")?),
             None => i64::MAX,

@@ -166,7 +166,7 @@ async fn canonical_path(path: &Path) -> Result<PathBuf> {
         _ => PathBuf::from("."),
     };
     let resolved = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).and_then(|()| std::fs::canonicalize(&dir))
+        private_dir(&dir).and_then(|()| std::fs::canonicalize(&dir))
     })
     .await
     .map_err(|e| Error::internal(format!("the task preparing the data directory died: {e}")))?;
@@ -183,8 +183,66 @@ async fn canonical_path(path: &Path) -> Result<PathBuf> {
     Ok(dir.join(file_name))
 }
 
+/// Creates `dir` (and its parents) if missing; the directories this creates are readable by
+/// their owner only (0700): they hold every account and message.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Makes the database file, and its WAL and shared-memory files if they exist, readable and
+/// writable by their owner only (0600), creating the database file so if it is missing.
+/// SQLite creates the WAL and shared-memory files with the database file's permissions, so
+/// those that come later are private too.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if !path.exists() {
+            std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => std::fs::File::open(path),
+                    _ => Err(e),
+                })?;
+        }
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_os_string();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for file in files.iter().filter(|file| file.exists()) {
+            let mode = std::fs::metadata(file)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens a pool on `path` and runs the migrations.
 async fn connect(path: &Path) -> Result<SqlitePool> {
+    let private = path.to_path_buf();
+    tokio::task::spawn_blocking(move || private_files(&private))
+        .await
+        .map_err(|e| Error::internal(format!("the task preparing the SQLite file died: {e}")))?
+        .map_err(|e| {
+            Error::unavailable(format!(
+                "cannot create {} or make it private: {e}; check the data directory's \
+                 permissions",
+                path.display()
+            ))
+            .set_retryable(false)
+            .with_context("backend", "sqlite")
+        })?;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -201,6 +259,10 @@ async fn connect(path: &Path) -> Result<SqlitePool> {
     if let Err(e) = sqlx::migrate!("./migrations/sqlite").run(&pool).await {
         pool.close().await;
         return Err(migrate_error(path, e));
+    }
+    if let Err(e) = accounts::backfill_skeletons(&pool).await {
+        pool.close().await;
+        return Err(e.with_context("file", path.display()));
     }
     Ok(pool)
 }
