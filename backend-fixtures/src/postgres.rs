@@ -53,7 +53,7 @@ impl PostgresServer {
     /// Creates a cluster in a temporary directory, starts the server, and waits until it
     /// accepts connections.
     pub fn start() -> Result<PostgresServer, FixtureError> {
-        let bin = find_bin_dir().ok_or(FixtureError::Missing {
+        let bin = bin_dir().ok_or(FixtureError::Missing {
             program: "postgres",
             install: "apt-get install postgresql",
             env: POSTGRES_URL_ENV,
@@ -225,9 +225,10 @@ fn accepts_connections(pg_isready: &Path, port: u16) -> bool {
     }
 }
 
-/// The `bin` directory of the newest PostgreSQL installed under [`INSTALL_ROOT`], or of the one
-/// whose `initdb` is on `PATH` (followed through symlinks, so that its `pg_isready` is found).
-fn find_bin_dir() -> Option<PathBuf> {
+/// The `bin` directory of the newest PostgreSQL installed under `/usr/lib/postgresql`, or of
+/// the one whose `initdb` is on `PATH` (followed through symlinks, so that its `pg_isready` is
+/// found): where `initdb`, `postgres` and `pg_isready` are.
+pub fn bin_dir() -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir(INSTALL_ROOT)
         .into_iter()
         .flatten()

@@ -37,7 +37,6 @@ pub(crate) struct Settings {
     pub(crate) send_timeout: Duration,
     pub(crate) event_capacity: usize,
     pub(crate) max_pending_sends: usize,
-    pub(crate) gap_timeout: Duration,
 }
 
 /// Configures and connects a [`Client`].
@@ -95,7 +94,6 @@ impl ClientBuilder {
                 send_timeout: Duration::from_secs(30),
                 event_capacity: 1024,
                 max_pending_sends: 1024,
-                gap_timeout: Duration::from_secs(5),
             },
         }
     }
@@ -168,15 +166,6 @@ impl ClientBuilder {
     /// flight) before further sends fail with [`ClientError::Unavailable`] (default 1024).
     pub fn max_pending_sends(mut self, max: usize) -> Self {
         self.settings.max_pending_sends = max;
-        self
-    }
-
-    /// How long a gap in a conversation's sequence numbers may stay open before the client
-    /// acknowledges past it (default 5 s). Gaps are normal (your own messages sent elsewhere,
-    /// group messages from before you joined); a longer time acknowledges later, a shorter one
-    /// risks losing a message delayed that long if the connection drops before it arrives.
-    pub fn gap_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.gap_timeout = timeout;
         self
     }
 

@@ -506,7 +506,7 @@ impl Task {
         status: watch::Sender<Status>,
         logging_out: Arc<AtomicBool>,
     ) -> Self {
-        let tracker = Tracker::new(settings.gap_timeout);
+        let tracker = Tracker::new();
         Task {
             settings,
             login,
@@ -565,7 +565,7 @@ impl Task {
         self.finish(reason).await;
     }
 
-    /// Adopts a new connection: publishes it and gives open gaps time to be filled by its sync.
+    /// Adopts a new connection: publishes it and sends the last acknowledgements again soon.
     fn go_live(&mut self, established: Established) -> Live {
         let status = established.status();
         info!(user = status.user_id, server = %status.server_id, "connected");
@@ -573,7 +573,7 @@ impl Task {
         self.status.send_replace(status);
         self.events.push(Event::State(state));
         let now = Instant::now();
-        self.tracker.restart(now);
+        self.tracker.restart();
         // Acknowledgements decided but lost with the old connection go out again soon.
         self.ack_due = Some(now + ACK_DELAY);
         Live::new(established)
@@ -802,9 +802,7 @@ impl Task {
             }
         };
         let now = Instant::now();
-        let arrival = self
-            .tracker
-            .receive(&conversation.to_string(), deliver.seq, now);
+        let arrival = self.tracker.receive(&conversation.to_string(), deliver.seq);
         self.schedule_acks(now);
         if arrival == Arrival::Duplicate {
             debug!(%conversation, seq = deliver.seq, "dropping a duplicate delivery");
@@ -832,10 +830,8 @@ impl Task {
             conversation, seq, ..
         }) = &receipt
         {
-            // The server does not deliver our own message back: its sequence is no gap.
-            let now = Instant::now();
-            self.tracker.own(&conversation.to_string(), *seq, now);
-            self.schedule_acks(now);
+            // The server does not deliver our own message back; it acknowledges nothing.
+            self.tracker.own(&conversation.to_string(), *seq);
         }
         match position.and_then(|at| self.in_flight.remove(at)) {
             Some(send) => send.resolve(receipt),
@@ -883,9 +879,7 @@ impl Task {
             return;
         };
         let now = Instant::now();
-        let arrival = self
-            .tracker
-            .receive(&conversation.to_string(), error.seq, now);
+        let arrival = self.tracker.receive(&conversation.to_string(), error.seq);
         self.schedule_acks(now);
         if arrival == Arrival::Duplicate {
             return;
@@ -926,14 +920,13 @@ impl Task {
         self.expire_sends(now);
         if self.ack_due.is_some_and(|due| due <= now) {
             self.ack_due = None;
-            for (conversation, up_to_seq) in self.tracker.take_acks(now) {
+            for (conversation, up_to_seq) in self.tracker.take_acks() {
                 let ack = Frame::from(Body::DeliveryAck(DeliveryAck {
                     conversation,
                     up_to_seq,
                 }));
                 live.write(ack, self.settings.request_timeout).await?;
             }
-            self.ack_due = self.tracker.next_settle(now);
         }
         Ok(())
     }
@@ -1038,8 +1031,7 @@ impl Task {
 
     /// A clean close: acknowledge what can be, then close the socket.
     async fn close_gracefully(&mut self, live: &mut Live) {
-        let now = Instant::now();
-        for (conversation, up_to_seq) in self.tracker.take_acks(now) {
+        for (conversation, up_to_seq) in self.tracker.take_acks() {
             let ack = Frame::from(Body::DeliveryAck(DeliveryAck {
                 conversation,
                 up_to_seq,

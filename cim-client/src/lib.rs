@@ -37,11 +37,10 @@
 //!
 //! # Exactly once
 //!
-//! Gaps in a conversation's sequence numbers are normal (the user's own messages sent from
-//! elsewhere, group messages from before joining), and the protocol cannot tell them from a
-//! message still in flight. The client acknowledges past a gap only after it stayed open for
-//! [`ClientBuilder::gap_timeout`]; a message delayed longer than that *and* followed by a
-//! disconnect before it arrives would not be re-sent.
+//! The client hands each message to the application once (the server may send one again after
+//! a reconnect) and acknowledges up to the highest sequence the server delivered in each
+//! conversation. That is safe because the server delivers a conversation without holes on a
+//! connection: gaps below a delivery are the user's own messages or from before they joined.
 //!
 //! The SDK depends on `cim-proto` and an HTTP client only: embedding it never compiles the
 //! server's backends. Route URLs are plain `http://` unless the application enables a TLS

@@ -7,7 +7,7 @@
 //!   otherwise).
 //!
 //! Checked on every message, at one store look-up each
-//! ([`AccountStore::is_member`](cim_core::AccountStore::is_member) for a group).
+//! ([`AccountStore::is_member`] for a group).
 
 use cim_core::{AccountStore, Error, GroupId, Recipient, Result};
 

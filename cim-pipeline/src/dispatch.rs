@@ -7,6 +7,12 @@
 //! sync. That is why dispatch tries every server even when one fails, and why its error only
 //! reports what could not be reached live.
 //!
+//! A recipient who is online but could not be reached (their session could not be looked up,
+//! the relay to their server failed) is tried again, with a backoff, for about half a minute
+//! ([`RETRY_BACKOFF`]): a store that restarts or a link that breaks for a moment does not leave
+//! a live connection without the message until it reconnects. A connection drops what it sent
+//! already, so a retry never reaches the application twice.
+//!
 //! A fan-out can take a while (a large group's member pages, session look-ups, relays), so the
 //! sender does not wait for it: [`Dispatcher::enqueue`] hands the message to one of a fixed set
 //! of worker tasks and returns. The worker is chosen by conversation, so a conversation's
@@ -21,7 +27,9 @@
 //! is built once per message and shared by every local connection.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use cim_core::{
     ConversationId, Error, GroupId, Recipient, Result, ServerId, StoredMessage, Stores, UserId,
@@ -40,6 +48,19 @@ const MEMBERS_PAGE: u32 = 1000;
 pub const DEFAULT_WORKERS: usize = 16;
 /// Messages queued per worker before senders wait.
 pub const DEFAULT_QUEUE: usize = 1024;
+/// The waits before each new attempt at the recipients a fan-out could not reach.
+pub const RETRY_BACKOFF: [Duration; 7] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+];
+/// Fan-outs waiting for a retry at once, at most; beyond, a failed one is left to the
+/// recipients' next sync.
+const MAX_RETRIES: usize = 10_000;
 
 /// Fans stored messages out to their recipients' connections, wherever they are.
 ///
@@ -56,6 +77,8 @@ struct Targets {
     stores: Stores,
     pool: PeerPool,
     local: Option<Arc<LocalConnections>>,
+    /// Fan-outs waiting to be tried again.
+    retrying: AtomicUsize,
 }
 
 /// One message waiting for its fan-out.
@@ -84,6 +107,7 @@ impl Dispatcher {
             stores,
             pool,
             local,
+            retrying: AtomicUsize::new(0),
         });
         let queues = (0..workers.max(1))
             .map(|_| {
@@ -120,7 +144,10 @@ impl Dispatcher {
     /// the error then names them, as `Unavailable`, after every other server was served. A
     /// failing store lookup fails the whole dispatch with the store's error.
     pub async fn dispatch(&self, message: &StoredMessage, sender_name: &str) -> Result<()> {
-        self.targets.dispatch(message, sender_name).await
+        self.targets
+            .dispatch(message, sender_name, None)
+            .await
+            .map_err(|missed| missed.error)
     }
 }
 
@@ -138,48 +165,120 @@ fn worker_of(conversation: ConversationId, workers: usize) -> usize {
 /// A worker: fans out its queue's messages one after another until every sender is gone.
 async fn work(targets: Arc<Targets>, mut jobs: mpsc::Receiver<Job>) {
     while let Some(job) = jobs.recv().await {
-        if let Err(e) = targets.dispatch(&job.message, &job.sender_name).await {
-            tracing::debug!(message = %job.message.id, error = %e, "live delivery incomplete; the recipients get the message at their next sync");
+        if let Err(missed) = targets.dispatch(&job.message, &job.sender_name, None).await {
+            retry_later(&targets, job, missed, 0);
         }
     }
 }
 
+/// Tries the recipients `missed` names again after the backoff of `attempt`, on a task of its
+/// own, until they are reached or the attempts run out.
+fn retry_later(targets: &Arc<Targets>, job: Job, missed: Missed, attempt: usize) {
+    if matches!(missed.users.as_deref(), Some([])) {
+        // Nobody to try again: a frame no client could read, or a message to "all".
+        tracing::debug!(message = %job.message.id, error = %missed.error, "live delivery incomplete");
+        return;
+    }
+    let Some(wait) = RETRY_BACKOFF.get(attempt).copied() else {
+        tracing::debug!(message = %job.message.id, error = %missed.error, "live delivery incomplete after every retry; the recipients get the message at their next sync");
+        return;
+    };
+    if targets.retrying.fetch_add(1, Ordering::Relaxed) >= MAX_RETRIES {
+        targets.retrying.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(message = %job.message.id, error = %missed.error, "too many fan-outs waiting for a retry; the recipients get this message at their next sync");
+        return;
+    }
+    tracing::debug!(message = %job.message.id, error = %missed.error, ?wait, "live delivery incomplete; trying again");
+    let targets = Arc::clone(targets);
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let result = targets
+            .dispatch(&job.message, &job.sender_name, missed.users.as_deref())
+            .await;
+        targets.retrying.fetch_sub(1, Ordering::Relaxed);
+        if let Err(missed) = result {
+            retry_later(&targets, job, missed, attempt + 1);
+        }
+    });
+}
+
+/// Who a fan-out could not reach, and why.
+struct Missed {
+    /// These users; `None` for every recipient (their list could not be read).
+    users: Option<Vec<UserId>>,
+    /// The first failure.
+    error: Error,
+}
+
 impl Targets {
-    async fn dispatch(&self, message: &StoredMessage, sender_name: &str) -> Result<()> {
+    /// Fans `message` out to its recipients, or only to `only` of them (a retry).
+    async fn dispatch(
+        &self,
+        message: &StoredMessage,
+        sender_name: &str,
+        only: Option<&[UserId]>,
+    ) -> std::result::Result<(), Missed> {
         let fanout = Fanout {
             targets: self,
             message: deliver_frame(message, sender_name),
             sender: message.sender,
             local_delivery: OnceLock::new(),
         };
-        match message.to {
-            Recipient::User(user) if user == message.sender => Ok(()),
-            Recipient::User(user) => fanout.to_users(&[user]).await,
-            Recipient::Group(GroupId::ALL) => fanout.to_everyone().await,
-            Recipient::Group(group) => {
-                let mut failures = Failures::default();
+        let mut failures = Failures::default();
+        match (message.to, only) {
+            (Recipient::User(user), _) if user == message.sender => {}
+            (Recipient::Group(GroupId::ALL), _) => {
+                // Reaches who is online now, never stored per user: not tried again.
+                if let Err(error) = fanout.to_everyone().await {
+                    return Err(Missed {
+                        users: Some(Vec::new()),
+                        error,
+                    });
+                }
+            }
+            (_, Some(users)) => failures.record(users, fanout.to_users(users).await),
+            (Recipient::User(user), None) => {
+                failures.record(&[user], fanout.to_users(&[user]).await)
+            }
+            (Recipient::Group(group), None) => {
                 let mut cursor = None;
                 loop {
-                    let page = self
+                    let page = match self
                         .stores
                         .accounts
                         .members(group, cursor.as_ref(), MEMBERS_PAGE)
-                        .await?;
+                        .await
+                    {
+                        Ok(page) => page,
+                        Err(error) if failures.count == 0 => {
+                            return Err(Missed { users: None, error });
+                        }
+                        // Some pages were served: the rest is left to the next sync rather
+                        // than delivered twice to those served.
+                        Err(error) => {
+                            let unreached = Unreached {
+                                users: Some(Vec::new()),
+                                error,
+                            };
+                            failures.record(&[], Err(unreached));
+                            break;
+                        }
+                    };
                     let users: Vec<UserId> = page
                         .items
                         .into_iter()
                         .map(|member| member.user)
                         .filter(|user| *user != message.sender)
                         .collect();
-                    failures.record(fanout.to_users(&users).await);
+                    failures.record(&users, fanout.to_users(&users).await);
                     match page.next {
                         Some(next) => cursor = Some(next),
                         None => break,
                     }
                 }
-                failures.into_result()
             }
         }
+        failures.into_result()
     }
 }
 
@@ -211,23 +310,30 @@ impl Fanout<'_> {
         Ok(self.local_delivery.get_or_init(|| delivery))
     }
 
-    /// Delivers to those of `users` that are online.
-    async fn to_users(&self, users: &[UserId]) -> Result<()> {
+    /// Delivers to those of `users` that are online; on failure, those it could not reach
+    /// (all of them when their sessions could not be looked up).
+    async fn to_users(&self, users: &[UserId]) -> std::result::Result<(), Unreached> {
         if users.is_empty() {
             return Ok(());
         }
-        let sessions = self.targets.stores.sessions.get_many(users).await?;
+        let sessions = self
+            .targets
+            .stores
+            .sessions
+            .get_many(users)
+            .await
+            .map_err(|error| Unreached { users: None, error })?;
         let mut remote: HashMap<ServerId, Vec<u64>> = HashMap::new();
         for session in sessions {
             match &self.targets.local {
                 Some(local) if session.server_id == *local.server_id() => {
                     // A session of this server whose connection is gone is stale: the user
                     // reconnects and syncs.
-                    local.deliver_to(
-                        session.user_id,
-                        session.connection_id,
-                        self.local_delivery()?,
-                    );
+                    let delivery = self.local_delivery().map_err(|error| Unreached {
+                        users: Some(Vec::new()),
+                        error,
+                    })?;
+                    local.deliver_to(session.user_id, session.connection_id, delivery);
                 }
                 _ => remote
                     .entry(session.server_id)
@@ -235,14 +341,24 @@ impl Fanout<'_> {
                     .push(session.user_id.0),
             }
         }
-        let relays = remote
-            .into_iter()
-            .map(|(server, users)| self.relay(server, users, false));
-        let mut failures = Failures::default();
+        let relays = remote.into_iter().map(|(server, users)| async move {
+            self.relay(server, &users, false)
+                .await
+                .map_err(|error| (users, error))
+        });
+        let mut unreached: Option<Unreached> = None;
         for result in futures::future::join_all(relays).await {
-            failures.record(result);
+            if let Err((users, error)) = result {
+                let unreached = unreached.get_or_insert_with(|| Unreached {
+                    users: Some(Vec::new()),
+                    error,
+                });
+                if let Some(list) = unreached.users.as_mut() {
+                    list.extend(users.into_iter().map(UserId));
+                }
+            }
         }
-        failures.into_result()
+        unreached.map_or(Ok(()), Err)
     }
 
     /// Delivers to every online user but the sender: this server's connections, and every
@@ -258,17 +374,24 @@ impl Fanout<'_> {
             .servers()
             .into_iter()
             .filter(|server| Some(server) != local_id)
-            .map(|server| self.relay(server, Vec::new(), true));
-        let mut failures = Failures::default();
+            .map(|server| self.relay(server, &[], true));
+        let mut first = None;
+        let mut failed = 0;
         for result in futures::future::join_all(relays).await {
-            failures.record(result);
+            if let Err(e) = result {
+                failed += 1;
+                first.get_or_insert(e);
+            }
         }
-        failures.into_result()
+        match first {
+            None => Ok(()),
+            Some(first) => Err(summarise(first, failed)),
+        }
     }
 
     /// Sends the message to `server` for `users` (or all its users), in as many frames as the
     /// frame limit requires.
-    async fn relay(&self, server: ServerId, users: Vec<u64>, all_local: bool) -> Result<()> {
+    async fn relay(&self, server: ServerId, users: &[u64], all_local: bool) -> Result<()> {
         let pool = &self.targets.pool;
         let base = PeerDeliver {
             message: Some(self.message.clone()),
@@ -292,35 +415,57 @@ impl Fanout<'_> {
     }
 }
 
-/// The relays that failed, summarised into one error.
+/// Recipients one call could not reach.
+struct Unreached {
+    /// These users; `None` for all it was given.
+    users: Option<Vec<UserId>>,
+    error: Error,
+}
+
+/// The recipients a fan-out could not reach, gathered into one [`Missed`].
 #[derive(Default)]
 struct Failures {
+    users: Vec<UserId>,
     first: Option<Error>,
     count: usize,
 }
 
 impl Failures {
-    fn record(&mut self, result: Result<()>) {
-        if let Err(e) = result {
+    /// Records the outcome of delivering to `users`.
+    fn record(&mut self, users: &[UserId], result: std::result::Result<(), Unreached>) {
+        if let Err(unreached) = result {
             self.count += 1;
-            self.first.get_or_insert(e);
+            match unreached.users {
+                Some(some) => self.users.extend(some),
+                None => self.users.extend_from_slice(users),
+            }
+            self.first.get_or_insert(unreached.error);
         }
     }
 
-    fn into_result(self) -> Result<()> {
+    fn into_result(self) -> std::result::Result<(), Missed> {
         match self.first {
             None => Ok(()),
-            Some(first) if self.count == 1 => Err(first),
-            Some(first) => Err(Error::new(
-                first.kind(),
-                format!(
-                    "{} relays failed; the recipients get the message at their next sync. \
-                     First: {}",
-                    self.count,
-                    first.message()
-                ),
-            )
-            .with_source(first)),
+            Some(first) => Err(Missed {
+                users: Some(self.users),
+                error: summarise(first, self.count),
+            }),
         }
     }
+}
+
+/// One error for `count` failures, the first of which is `first`.
+fn summarise(first: Error, count: usize) -> Error {
+    if count <= 1 {
+        return first;
+    }
+    Error::new(
+        first.kind(),
+        format!(
+            "{count} deliveries failed; the recipients get the message at their next sync. \
+             First: {}",
+            first.message()
+        ),
+    )
+    .with_source(first)
 }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use cim_core::{ConnectionId, ServerId, UserId};
+use cim_core::{ConnectionId, ServerId, Session, Timestamp, UserId};
 use cim_proto::KickReason;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -27,6 +27,9 @@ pub enum Control {
     Kick(KickReason),
     /// The delivery queue overflowed: close with an error.
     Slow,
+    /// Live deliveries may have been missed (the session had lapsed in the store, so senders
+    /// saw the user offline): send again, from the store, what the connection has not sent.
+    Resync,
 }
 
 /// How the rest of the server reaches one connection's task.
@@ -38,6 +41,12 @@ pub struct ConnectionHandle {
     pub deliveries: mpsc::Sender<Arc<Delivery>>,
     /// Kicks and overflow notices.
     pub control: mpsc::Sender<Control>,
+    /// The device label and login time of the session, to bind it again if the store lost it.
+    pub device: String,
+    /// When the connection logged in.
+    pub login_at: Timestamp,
+    /// Whether the connection bound its session (see [`LocalConnections::mark_bound`]).
+    pub bound: bool,
 }
 
 impl ConnectionHandle {
@@ -143,6 +152,46 @@ impl LocalConnections {
             .is_some_and(|handle| handle.control.try_send(Control::Kick(reason)).is_ok())
     }
 
+    /// Records that connection `id` of `user` bound its session in the store.
+    pub fn mark_bound(&self, user: UserId, id: ConnectionId) {
+        if let Some(handle) = self
+            .write()
+            .get_mut(&user)
+            .and_then(|handles| handles.iter_mut().find(|handle| handle.id == id))
+        {
+            handle.bound = true;
+        }
+    }
+
+    /// The sessions of the connections registered here that bound them, as they were bound
+    /// (a connection registers before it binds, and is only then the session's owner).
+    pub fn sessions(&self) -> Vec<Session> {
+        self.read()
+            .iter()
+            .flat_map(|(user, handles)| {
+                handles
+                    .iter()
+                    .filter(|handle| handle.bound)
+                    .map(|handle| Session {
+                        user_id: *user,
+                        server_id: self.server_id.clone(),
+                        connection_id: handle.id,
+                        device: handle.device.clone(),
+                        login_at: handle.login_at,
+                    })
+            })
+            .collect()
+    }
+
+    /// Tells connection `id` of `user` to send again what it may have missed; false if it is
+    /// not here.
+    pub fn resync(&self, user: UserId, id: ConnectionId) -> bool {
+        self.read()
+            .get(&user)
+            .and_then(|handles| handles.iter().find(|handle| handle.id == id))
+            .is_some_and(|handle| handle.control.try_send(Control::Resync).is_ok())
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, Vec<ConnectionHandle>>> {
         // A panic elsewhere never leaves the map half-updated: every critical section is a
         // single insert, retain or lookup.
@@ -175,6 +224,9 @@ mod tests {
             id: ConnectionId(id),
             deliveries,
             control,
+            device: String::new(),
+            login_at: Timestamp(0),
+            bound: false,
         };
         (handle, delivery_rx, control_rx)
     }

@@ -17,6 +17,16 @@
 //! 4. **Serve.** Pings, sends (stored before they are acknowledged, then dispatched), delivery
 //!    acks, and live deliveries, until the client leaves, goes idle, floods, is kicked, falls
 //!    too far behind, or the server shuts down.
+//!
+//!    Live delivery is best effort (a relay can fail, a link can break with frames in flight,
+//!    a session can lapse in the store while this server is stalled), and the store is the
+//!    truth, so the connection makes up for what it may have missed while it lives, not only at
+//!    the next login. Per conversation it knows the highest sequence up to which it has sent
+//!    everything addressed to the user. A live message above the next one it expects fills the
+//!    gap from the store's history first, so nothing is skipped and each conversation stays in
+//!    order; one at or below it was sent already and is dropped. The first live message of a
+//!    conversation starts from the user's acknowledged cursor. And when the server finds this
+//!    connection's session lost from the store, it tells the connection to sync again.
 //! 5. **Close.** Unregister, then unbind the session by compare-and-delete, so a newer login of
 //!    the same user is never undone by this old connection.
 //!
@@ -30,8 +40,8 @@ use std::time::Duration;
 
 use cim_core::token::Claims;
 use cim_core::{
-    BindOutcome, ConnectionId, ConversationId, Error, ErrorKind, GroupId, Seq, Session, SessionRef,
-    Timestamp, UserId,
+    BindOutcome, ConnectionId, ConversationId, Error, ErrorKind, GroupId, HistoryQuery, Seq,
+    Session, SessionRef, StoredMessage, Timestamp, UserId,
 };
 use cim_pipeline::delivery::{deliver_frame, recipient_from_proto};
 use cim_pipeline::local::{ConnectionHandle, Control};
@@ -50,6 +60,9 @@ use crate::wire::{
     frame_error, kicked_frame, undeliverable_frame,
 };
 
+/// The first and the longest wait before a connection syncs again after a failed check.
+const MIN_RESYNC_WAIT: Duration = Duration::from_millis(500);
+const MAX_RESYNC_WAIT: Duration = Duration::from_secs(15);
 /// The longest device label accepted at login, in bytes.
 const MAX_DEVICE_LEN: usize = 64;
 /// Messages read per page during the sync.
@@ -58,6 +71,9 @@ const SYNC_PAGE: u32 = 256;
 const MAX_BATCH: usize = 64;
 /// Kicks and overflow notices queued per connection.
 const CONTROL_QUEUE: usize = 4;
+/// Conversations whose delivered sequence a connection remembers; beyond, it forgets them all
+/// and starts again from the acknowledged cursors (one store read per conversation).
+const MAX_TRACKED: usize = 1024;
 
 /// Serves one client connection to its end.
 pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
@@ -75,12 +91,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
     let connection_id = ConnectionId(rand::random());
     let (deliveries_tx, deliveries) = mpsc::channel(shared.config.outbound_queue);
     let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+    let login_at = Timestamp::now();
     shared.local.register(
         claims.user_id,
         ConnectionHandle {
             id: connection_id,
             deliveries: deliveries_tx,
             control: control_tx,
+            device: device.clone(),
+            login_at,
+            bound: false,
         },
     );
     let session = Session {
@@ -88,7 +108,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         server_id: shared.id.clone(),
         connection_id,
         device,
-        login_at: Timestamp::now(),
+        login_at,
     };
     let limits = shared.pipeline.limits();
     let mut connection = Connection {
@@ -105,7 +125,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         connection_id,
         deliveries,
         control,
-        synced: HashMap::new(),
+        delivered: HashMap::new(),
+        resync_at: None,
+        resync_backoff: MIN_RESYNC_WAIT,
     };
     let last = connection.run(session.clone()).await;
     shared.local.unregister(session.user_id, connection_id);
@@ -215,9 +237,23 @@ struct Connection {
     session_id: String,
     token_expires_at: Timestamp,
     token_expires: Instant,
-    /// Per conversation, the highest sequence the sync sent: live deliveries at or below it
-    /// are duplicates.
-    synced: HashMap<ConversationId, Seq>,
+    /// Per conversation, the sequence up to which every message addressed to the user has been
+    /// written to this connection (by the sync, live, or filling a gap). A delivery at or below
+    /// it is a duplicate; one above the next expected means a gap to fill from the store.
+    delivered: HashMap<ConversationId, Seq>,
+    /// When to sync again from the store, because a live delivery could not be checked for a
+    /// hole below it (the store was unreachable); live deliveries wait for it meanwhile.
+    resync_at: Option<Instant>,
+    /// The wait before the next resync after one failed.
+    resync_backoff: Duration,
+}
+
+/// Why a sync stopped.
+enum SyncFailed {
+    /// The store could not be read.
+    Store(Error),
+    /// The connection ends, with this last frame.
+    End(Last),
 }
 
 /// What the loop does after handling one event.
@@ -249,7 +285,8 @@ impl Connection {
         }
         let held = match self.sync().await {
             Ok(held) => held,
-            Err(last) => return last,
+            Err(SyncFailed::Store(e)) => return Some(sync_error_frame(&e)),
+            Err(SyncFailed::End(last)) => return last,
         };
         if let Step::Close(last) = self.send_held(held).await {
             return last;
@@ -260,9 +297,14 @@ impl Connection {
     /// Binds the session under the login policy and kicks the session it replaces.
     async fn bind(&mut self, session: Session) -> std::result::Result<(), Last> {
         let policy = self.shared.config.login_policy;
+        let (user, connection) = (session.user_id, session.connection_id);
         match self.shared.stores.sessions.bind(session, policy).await {
-            Ok(BindOutcome::Bound) => Ok(()),
+            Ok(BindOutcome::Bound) => {
+                self.shared.local.mark_bound(user, connection);
+                Ok(())
+            }
             Ok(BindOutcome::Replaced(old)) => {
+                self.shared.local.mark_bound(user, connection);
                 self.kick_replaced(old.reference()).await;
                 Ok(())
             }
@@ -303,18 +345,12 @@ impl Connection {
     }
 
     /// Sends every pending message; returns the live deliveries that arrived meanwhile.
-    async fn sync(&mut self) -> std::result::Result<Vec<Arc<Delivery>>, Last> {
+    async fn sync(&mut self) -> std::result::Result<Vec<Arc<Delivery>>, SyncFailed> {
         let stores = self.shared.stores.clone();
+        let user = self.user;
         let unavailable = |e: Error| {
-            tracing::warn!(error = %e, "sync failed");
-            Some(error_frame(
-                error_code(e.kind()),
-                format!(
-                    "cannot sync your messages now: {}; reconnect later",
-                    e.message()
-                ),
-                "",
-            ))
+            tracing::warn!(%user, error = %e, "sync failed");
+            SyncFailed::Store(e)
         };
         let groups: Vec<GroupId> = if stores.accounts.capabilities().groups {
             stores
@@ -339,34 +375,30 @@ impl Connection {
                 .pending(self.user, &groups, cursor.as_ref(), SYNC_PAGE)
                 .await
                 .map_err(unavailable)?;
-            let max_frame_len = self.shared.config.max_frame_len;
             for message in page.items {
-                let name = sender_name(&stores, &mut names, message.sender).await;
-                let item = match Delivery::encode(&deliver_frame(&message, &name), max_frame_len) {
-                    Ok(delivery) => Outbound::Delivery(delivery),
-                    Err(e) => {
-                        // Stored under other limits, or with a longer name than the rules
-                        // allow now: tell the client what it misses, and move on.
-                        tracing::warn!(message = %message.id, error = %e, "skipping a message no frame can carry");
-                        undeliverable_frame(&message, &e)
-                    }
-                };
-                self.feed(item).await.map_err(|()| None)?;
-                let synced = self.synced.entry(message.conversation).or_default();
-                *synced = (*synced).max(message.seq);
+                if self.is_delivered(message.conversation, message.seq) {
+                    continue;
+                }
+                let item = self.stored_item(&mut names, &message).await;
+                self.feed(item).await.map_err(|()| SyncFailed::End(None))?;
+                self.mark_delivered(message.conversation, message.seq);
             }
-            self.flush().await.map_err(|()| None)?;
+            self.flush().await.map_err(|()| SyncFailed::End(None))?;
             while let Ok(delivery) = self.deliveries.try_recv() {
                 held.push(delivery);
             }
             if held.len() > held_limit {
-                return Err(Some(slow_frame()));
+                return Err(SyncFailed::End(Some(slow_frame())));
             }
-            if let Ok(control) = self.control.try_recv() {
-                return Err(control_frame(control));
+            match self.control.try_recv() {
+                // This very sync covers what the order is about.
+                Ok(Control::Resync) | Err(_) => {}
+                Ok(control) => return Err(SyncFailed::End(control_frame(control))),
             }
             if self.shared.shutdown.is_cancelled() {
-                return Err(Some(kicked_frame(KickReason::ServerShutdown)));
+                return Err(SyncFailed::End(Some(kicked_frame(
+                    KickReason::ServerShutdown,
+                ))));
             }
             match page.next {
                 Some(next) => cursor = Some(next),
@@ -381,10 +413,7 @@ impl Connection {
         held.sort_by_key(|delivery| (delivery.conversation, delivery.seq));
         held.dedup_by_key(|delivery| delivery.message_id);
         for delivery in held {
-            if self.is_synced(&delivery) {
-                continue;
-            }
-            if self.feed(Outbound::Delivery(delivery)).await.is_err() {
+            if self.deliver(delivery).await.is_err() {
                 return Step::Close(None);
             }
         }
@@ -406,6 +435,7 @@ impl Connection {
                     Step::Close(Some(kicked_frame(KickReason::ServerShutdown)))
                 }
                 control = self.control.recv() => match control {
+                    Some(Control::Resync) => self.resync().await,
                     Some(control) => Step::Close(control_frame(control)),
                     None => Step::Close(None),
                 },
@@ -422,6 +452,9 @@ impl Connection {
                     }
                 },
                 Some(delivery) = self.deliveries.recv() => self.send_live(delivery).await,
+                () = sleep_until(self.resync_at.unwrap_or(self.token_expires)), if self.resync_at.is_some() => {
+                    self.resync().await
+                }
             };
             if let Step::Close(last) = step {
                 return last;
@@ -432,15 +465,13 @@ impl Connection {
     /// Writes `first` and whatever else is queued, in one flush.
     async fn send_live(&mut self, first: Arc<Delivery>) -> Step {
         let mut next = Some(first);
-        let mut written = 0;
+        let mut taken = 0;
         while let Some(delivery) = next.take() {
-            if !self.is_synced(&delivery) {
-                if self.feed(Outbound::Delivery(delivery)).await.is_err() {
-                    return Step::Close(None);
-                }
-                written += 1;
+            if self.deliver(delivery).await.is_err() {
+                return Step::Close(None);
             }
-            if written < MAX_BATCH {
+            taken += 1;
+            if taken < MAX_BATCH {
                 next = self.deliveries.try_recv().ok();
             }
         }
@@ -450,10 +481,195 @@ impl Connection {
         }
     }
 
-    fn is_synced(&self, delivery: &Delivery) -> bool {
-        self.synced
-            .get(&delivery.conversation)
-            .is_some_and(|synced| delivery.seq <= *synced)
+    /// Syncs again (the server found this connection's session lost from the store, so
+    /// senders may have seen the user offline): what the store holds for the user and this
+    /// connection has not sent.
+    async fn resync(&mut self) -> Step {
+        tracing::info!(user = %self.user, "syncing a live connection again");
+        self.resync_at = None;
+        match self.sync().await {
+            Ok(held) => {
+                self.resync_backoff = MIN_RESYNC_WAIT;
+                self.send_held(held).await
+            }
+            Err(SyncFailed::Store(_)) => {
+                // The store is down: the connection stays, and tries again later.
+                self.schedule_resync();
+                self.resync_backoff = (self.resync_backoff * 2).min(MAX_RESYNC_WAIT);
+                Step::Continue
+            }
+            Err(SyncFailed::End(last)) => Step::Close(last),
+        }
+    }
+
+    /// Sends nothing live until a resync, soon: something below a live message may be missing
+    /// and the store cannot say now. What is held back is in the store, and comes with the
+    /// resync.
+    fn schedule_resync(&mut self) {
+        if self.resync_at.is_none() {
+            self.resync_at = Some(Instant::now() + self.resync_backoff);
+        }
+    }
+
+    /// Feeds a live delivery unless it was sent already, after filling any gap below it from
+    /// the store; does not flush.
+    async fn deliver(&mut self, delivery: Arc<Delivery>) -> std::result::Result<(), ()> {
+        let conversation = delivery.conversation;
+        if conversation == ConversationId::Group(GroupId::ALL) {
+            // Reaches who is online, never stored per user: nothing to fill or track.
+            return self.feed(Outbound::Delivery(delivery)).await;
+        }
+        if self.resync_at.is_some() {
+            // Held back for the resync, which reads it from the store.
+            return Ok(());
+        }
+        if let Some(high) = self.delivered.get_mut(&conversation)
+            && high.0.checked_add(1) == Some(delivery.seq.0)
+        {
+            // The common case, in one look-up: the next one expected.
+            *high = delivery.seq;
+            return self.feed(Outbound::Delivery(delivery)).await;
+        }
+        let floor = match self.delivered.get(&conversation) {
+            Some(&high) => high,
+            None => match self.acknowledged(conversation).await {
+                Some(acknowledged) => acknowledged,
+                None => {
+                    self.schedule_resync();
+                    return Ok(());
+                }
+            },
+        };
+        if delivery.seq <= floor {
+            return Ok(());
+        }
+        if delivery.seq.0 > floor.0.saturating_add(1) {
+            // The gap starts at the cursor if that is higher: a user who left a group and
+            // joined again was acknowledged up to their join, and what was sent in between is
+            // not theirs to read.
+            let Some(acknowledged) = self.acknowledged(conversation).await else {
+                self.schedule_resync();
+                return Ok(());
+            };
+            let floor = floor.max(acknowledged);
+            if delivery.seq <= floor {
+                return Ok(());
+            }
+            if delivery.seq.0 > floor.0.saturating_add(1)
+                && !self.fill_gap(conversation, floor, delivery.seq).await?
+            {
+                // Sending this one now would leave a hole the client cannot tell from a gap.
+                self.schedule_resync();
+                return Ok(());
+            }
+        }
+        let seq = delivery.seq;
+        self.feed(Outbound::Delivery(delivery)).await?;
+        self.mark_delivered(conversation, seq);
+        Ok(())
+    }
+
+    /// The user's acknowledged cursor in `conversation`, where tracking it starts; `None` if
+    /// the store cannot say now.
+    async fn acknowledged(&self, conversation: ConversationId) -> Option<Seq> {
+        match self
+            .shared
+            .stores
+            .messages
+            .delivered_up_to(self.user, conversation)
+            .await
+        {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::debug!(user = %self.user, %conversation, error = %e, "cannot read a delivery cursor");
+                None
+            }
+        }
+    }
+
+    /// Feeds the messages of `conversation` strictly between `after` and `before` that are
+    /// addressed to the user (everything but their own); `Ok(false)` if the store cannot be
+    /// read now.
+    async fn fill_gap(
+        &mut self,
+        conversation: ConversationId,
+        after: Seq,
+        before: Seq,
+    ) -> std::result::Result<bool, ()> {
+        let mut names = HashMap::new();
+        let mut after = after;
+        loop {
+            let query = HistoryQuery {
+                after: Some(after),
+                before: Some(before),
+                limit: SYNC_PAGE,
+            };
+            let page = match self
+                .shared
+                .stores
+                .messages
+                .history(conversation, query)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(user = %self.user, %conversation, error = %e, "cannot fill a gap in live deliveries; syncing again later");
+                    return Ok(false);
+                }
+            };
+            let Some(last) = page.last().map(|message| message.seq) else {
+                return Ok(true);
+            };
+            let full = page.len() >= SYNC_PAGE as usize;
+            for message in page {
+                if message.sender != self.user {
+                    let item = self.stored_item(&mut names, &message).await;
+                    self.feed(item).await?;
+                }
+            }
+            tracing::debug!(user = %self.user, %conversation, %after, %last, "filled a gap in live deliveries from the store");
+            if !full {
+                return Ok(true);
+            }
+            after = last;
+        }
+    }
+
+    /// The frame for a message read from the store: its delivery, or, when no frame can carry
+    /// it, the error that tells the client what it misses.
+    async fn stored_item(
+        &self,
+        names: &mut HashMap<UserId, String>,
+        message: &StoredMessage,
+    ) -> Outbound {
+        let name = sender_name(&self.shared.stores, names, message.sender).await;
+        match Delivery::encode(
+            &deliver_frame(message, &name),
+            self.shared.config.max_frame_len,
+        ) {
+            Ok(delivery) => Outbound::Delivery(delivery),
+            Err(e) => {
+                // Stored under other limits, or with a longer name than the rules allow now:
+                // tell the client what it misses, and move on.
+                tracing::warn!(message = %message.id, error = %e, "skipping a message no frame can carry");
+                undeliverable_frame(message, &e)
+            }
+        }
+    }
+
+    fn is_delivered(&self, conversation: ConversationId, seq: Seq) -> bool {
+        self.delivered
+            .get(&conversation)
+            .is_some_and(|high| seq <= *high)
+    }
+
+    /// Records that everything of `conversation` up to `seq` was sent.
+    fn mark_delivered(&mut self, conversation: ConversationId, seq: Seq) {
+        if self.delivered.len() >= MAX_TRACKED && !self.delivered.contains_key(&conversation) {
+            self.delivered.clear();
+        }
+        let high = self.delivered.entry(conversation).or_default();
+        *high = (*high).max(seq);
     }
 
     async fn handle(&mut self, frame: Frame) -> Step {
@@ -567,7 +783,19 @@ impl Connection {
             Err(e) => Err(e),
         };
         match result {
-            Ok(accepted) => self.reply(Body::SendAck(send_ack(accepted)).into()).await,
+            Ok(accepted) => {
+                if let Accepted::Stored { message, .. } = &accepted {
+                    // The user's own message is never delivered back: it is no gap.
+                    if self
+                        .delivered
+                        .get(&message.conversation)
+                        .is_some_and(|high| high.0.saturating_add(1) == message.seq.0)
+                    {
+                        self.mark_delivered(message.conversation, message.seq);
+                    }
+                }
+                self.reply(Body::SendAck(send_ack(accepted)).into()).await
+            }
             Err(e) => {
                 match e.kind() {
                     ErrorKind::RateLimited if self.refused_sends.count() => {
@@ -710,11 +938,25 @@ fn send_ack(accepted: Accepted) -> v1::SendAck {
     }
 }
 
+/// The last frame for an order that closes the connection.
 fn control_frame(control: Control) -> Last {
     match control {
         Control::Kick(reason) => Some(kicked_frame(reason)),
         Control::Slow => Some(slow_frame()),
+        Control::Resync => None,
     }
+}
+
+/// The error a connection whose login sync failed is closed with.
+fn sync_error_frame(e: &Error) -> Outbound {
+    error_frame(
+        error_code(e.kind()),
+        format!(
+            "cannot sync your messages now: {}; reconnect later",
+            e.message()
+        ),
+        "",
+    )
 }
 
 fn slow_frame() -> Outbound {

@@ -15,6 +15,7 @@
 //! | `connection` | one client connection: login, sync, serve, close |
 //! | `internal` | the internal port: relayed messages and kicks from peers |
 //! | `scheduler` | scheduled messages, released into the pipeline when due |
+//! | `sessions` | this server's sessions kept alive in the SessionStore, and mended when it lost them |
 //! | `wire` | the client codec, error and kick frames, error kinds as wire codes |
 //!
 //! ```no_run
@@ -37,6 +38,7 @@ mod connection;
 mod internal;
 mod scheduler;
 pub mod server;
+mod sessions;
 mod wire;
 
 pub use config::ServerConfig;

@@ -31,7 +31,7 @@ use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::{connection, internal, scheduler};
+use crate::{connection, internal, scheduler, sessions};
 
 /// How long to wait before registering again while an old registration of this id lives.
 const REGISTER_RETRY: Duration = Duration::from_millis(250);
@@ -191,7 +191,7 @@ impl ServerBuilder {
             internal::serve,
         ));
         tasks.spawn(watch_cluster(Arc::clone(&shared)));
-        tasks.spawn(refresh_sessions(Arc::clone(&shared)));
+        tasks.spawn(sessions::refresh(Arc::clone(&shared)));
         tasks.spawn(report_load(
             Arc::clone(&shared),
             Arc::clone(&registration),
@@ -453,22 +453,6 @@ async fn watch_cluster(shared: Arc<Shared>) {
     tokio::select! {
         _ = shared.shutdown.cancelled() => {}
         () = follow => {}
-    }
-}
-
-/// Renews this server's sessions every `session_refresh`.
-async fn refresh_sessions(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.config.session_refresh);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                if let Err(e) = shared.stores.sessions.refresh_server(&shared.id).await {
-                    tracing::warn!(error = %e, "cannot refresh this server's sessions");
-                }
-            }
-        }
     }
 }
 

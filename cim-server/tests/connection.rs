@@ -379,3 +379,96 @@ async fn errors_after_login_leave_the_connection_open_as_the_protocol_readme_say
     client.send(Body::Ping(Ping { nonce: 9 })).await;
     assert_eq!(client.next().await, Body::Pong(v1::Pong { nonce: 9 }));
 }
+
+/// The session store lost this server's sessions (it was stalled past the TTL, or the store lost
+/// data) while the connections lived: the server binds them again, and each connection syncs
+/// what senders only stored meanwhile, having seen the user offline.
+#[tokio::test]
+async fn sessions_the_store_lost_are_bound_again_and_their_connections_sync() {
+    let cluster = Cluster::memory();
+    let config = cim_server::ServerConfig {
+        session_refresh: Duration::from_millis(50),
+        ..test_config()
+    };
+    let server = cluster.start_with("s1", config).await;
+    let (alice, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+    let bound = cluster
+        .stores
+        .sessions
+        .get(bob)
+        .await
+        .unwrap()
+        .expect("bound");
+
+    // What a lapse looks like from outside: the store no longer has the session.
+    assert_eq!(
+        cluster
+            .stores
+            .sessions
+            .remove_server(server.id())
+            .await
+            .unwrap(),
+        1
+    );
+    let mut alice_client = TestClient::login(server.client_addr(), &alice_token).await;
+    alice_client
+        .send_text(to_user(bob), "while-lost", "sent while bob looked offline")
+        .await;
+    alice_client.expect_ack().await;
+
+    let deliver = bob_client.expect_deliver().await;
+    assert_eq!(deliver.body, "sent while bob looked offline");
+    assert_eq!(deliver.sender_id, alice.0);
+    let rebound = cluster
+        .stores
+        .sessions
+        .get(bob)
+        .await
+        .unwrap()
+        .expect("bound again");
+    assert_eq!(rebound.reference(), bound.reference());
+    assert!(bob_client.ping_barrier().await.is_empty(), "sent once");
+}
+
+/// While this server was unreachable the user logged in elsewhere and the kick never arrived:
+/// the audit finds the session taken by the other connection and kicks this one.
+#[tokio::test]
+async fn a_connection_whose_session_another_login_took_is_kicked_as_replaced() {
+    let cluster = Cluster::memory();
+    let config = cim_server::ServerConfig {
+        session_refresh: Duration::from_millis(50),
+        ..test_config()
+    };
+    let server = cluster.start_with("s1", config).await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+    let elsewhere = cim_core::Session {
+        user_id: bob,
+        server_id: cim_core::ServerId::new("s2").unwrap(),
+        connection_id: cim_core::ConnectionId(7),
+        device: String::new(),
+        login_at: cim_core::Timestamp::now(),
+    };
+    cluster
+        .stores
+        .sessions
+        .bind(elsewhere.clone(), cim_core::BindPolicy::Replace)
+        .await
+        .unwrap();
+    bob_client.expect_kicked(KickReason::Replaced).await;
+    bob_client.expect_closed().await;
+    let stored = cluster
+        .stores
+        .sessions
+        .get(bob)
+        .await
+        .unwrap()
+        .expect("bound");
+    assert_eq!(
+        stored.reference(),
+        elsewhere.reference(),
+        "the newer login stays"
+    );
+}

@@ -51,7 +51,7 @@ async fn a_direct_message_is_acknowledged_then_delivered_and_its_ack_moves_the_c
 }
 
 #[tokio::test]
-async fn a_resent_message_is_acknowledged_again_and_delivered_again_under_the_same_id() {
+async fn a_resent_message_is_acknowledged_again_but_never_sent_twice_to_one_connection() {
     let cluster = Cluster::memory();
     let server = cluster.start("s1").await;
     let (_, alice_token) = cluster.user("alice").await;
@@ -65,12 +65,95 @@ async fn a_resent_message_is_acknowledged_again_and_delivered_again_under_the_sa
     let second = alice_client.expect_ack().await;
     assert_eq!(first, second);
 
-    // At least once: the retry is delivered again, as the stored message, never as a new one.
+    // The retry is dispatched again (it may be the only dispatch, see the next test), as the
+    // stored message; a connection that has it already does not get it again.
     let delivered = bob_client.expect_deliver().await;
-    let again = bob_client.expect_deliver().await;
     assert_eq!(delivered.body, "once");
-    assert_eq!(again, delivered);
+    assert_eq!(delivered.message_id, first.message_id);
     assert!(bob_client.ping_barrier().await.is_empty());
+}
+
+/// A live delivery was lost (its relay failed, its store lookup failed): the next message of
+/// the conversation brings it along, from the store, before itself.
+#[tokio::test]
+async fn a_live_connection_fills_a_gap_from_the_store_and_keeps_the_order() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (alice, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut alice_client = TestClient::login(server.client_addr(), &alice_token).await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+
+    alice_client.send_text(to_user(bob), "m1", "first").await;
+    alice_client.expect_ack().await;
+    assert_eq!(bob_client.expect_deliver().await.seq, 1);
+    // What a lost relay leaves: stored, never delivered live.
+    for (id, body) in [("lost-2", "second"), ("lost-3", "third")] {
+        cluster
+            .stores
+            .messages
+            .append(cim_core::NewMessage {
+                sender: alice,
+                to: cim_core::Recipient::User(bob),
+                client_msg_id: id.to_string(),
+                body: body.to_string(),
+                sent_at: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(bob_client.ping_barrier().await.is_empty());
+
+    alice_client.send_text(to_user(bob), "m4", "fourth").await;
+    assert_eq!(alice_client.expect_ack().await.seq, 4);
+    let bodies: Vec<(u64, String)> = [
+        bob_client.expect_deliver().await,
+        bob_client.expect_deliver().await,
+        bob_client.expect_deliver().await,
+    ]
+    .into_iter()
+    .map(|deliver| (deliver.seq, deliver.body))
+    .collect();
+    assert_eq!(
+        bodies,
+        [
+            (2, "second".to_string()),
+            (3, "third".to_string()),
+            (4, "fourth".to_string())
+        ]
+    );
+    assert!(bob_client.ping_barrier().await.is_empty());
+}
+
+/// The user's own messages in a conversation are no gap, and what the user acknowledged before
+/// this connection is not sent again when a live message starts the conversation's tracking.
+#[tokio::test]
+async fn own_messages_and_acknowledged_ones_are_not_filled_in() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (alice, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut alice_client = TestClient::login(server.client_addr(), &alice_token).await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+    alice_client.send_text(to_user(bob), "a1", "one").await;
+    alice_client.expect_ack().await;
+    let first = bob_client.expect_deliver().await;
+    bob_client.ack(&first.conversation, first.seq).await;
+    assert!(bob_client.ping_barrier().await.is_empty());
+    drop(bob_client);
+
+    // A new connection: nothing pending, and its first live message is 3, above bob's own 2.
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+    assert!(bob_client.ping_barrier().await.is_empty());
+    bob_client.send_text(to_user(alice), "b2", "two").await;
+    assert_eq!(bob_client.expect_ack().await.seq, 2);
+    assert_eq!(alice_client.expect_deliver().await.seq, 2);
+    alice_client.send_text(to_user(bob), "a3", "three").await;
+    alice_client.expect_ack().await;
+    let third = bob_client.expect_deliver().await;
+    assert_eq!((third.seq, third.body.as_str()), (3, "three"));
+    assert!(bob_client.ping_barrier().await.is_empty());
+    let _ = alice;
 }
 
 /// A server stored a message and died before delivering it: the sender's retry, acknowledged
@@ -399,4 +482,154 @@ async fn a_scheduled_message_survives_a_server_restart_with_a_durable_store() {
     assert_eq!(deliver.body, "see you after the restart");
     assert!(Timestamp::now() >= due);
     server.shutdown().await.unwrap();
+}
+
+/// A fault injector, not a stand-in: the real memory session store, whose next `get_many`
+/// calls fail as a restarting Redis's would, as many times as armed.
+struct FailingLookups {
+    inner: Arc<dyn cim_core::SessionStore>,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl cim_core::SessionStore for FailingLookups {
+    fn capabilities(&self) -> cim_core::SessionCapabilities {
+        self.inner.capabilities()
+    }
+    async fn bind(
+        &self,
+        session: cim_core::Session,
+        policy: cim_core::BindPolicy,
+    ) -> cim_core::Result<cim_core::BindOutcome> {
+        self.inner.bind(session, policy).await
+    }
+    async fn get(&self, user: cim_core::UserId) -> cim_core::Result<Option<cim_core::Session>> {
+        self.inner.get(user).await
+    }
+    async fn get_many(
+        &self,
+        users: &[cim_core::UserId],
+    ) -> cim_core::Result<Vec<cim_core::Session>> {
+        use std::sync::atomic::Ordering;
+        let armed = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if armed.is_ok() {
+            return Err(cim_core::Error::unavailable(
+                "injected: the store is restarting",
+            ));
+        }
+        self.inner.get_many(users).await
+    }
+    async fn unbind(&self, session: &cim_core::SessionRef) -> cim_core::Result<bool> {
+        self.inner.unbind(session).await
+    }
+    async fn refresh_server(&self, server: &cim_core::ServerId) -> cim_core::Result<()> {
+        self.inner.refresh_server(server).await
+    }
+    async fn remove_server(&self, server: &cim_core::ServerId) -> cim_core::Result<u64> {
+        self.inner.remove_server(server).await
+    }
+    async fn list_online(
+        &self,
+        cursor: Option<&cim_core::Cursor>,
+        limit: u32,
+    ) -> cim_core::Result<cim_core::Page<cim_core::Session>> {
+        self.inner.list_online(cursor, limit).await
+    }
+    async fn count_online(&self) -> cim_core::Result<u64> {
+        self.inner.count_online().await
+    }
+}
+
+/// The recipient's session could not be looked up when the message was dispatched (the session
+/// store was restarting), and no later message of the conversation comes to fill the gap: the
+/// dispatch is tried again and the message still arrives live.
+#[tokio::test]
+async fn a_dispatch_whose_lookup_failed_is_tried_again() {
+    let mut cluster = Cluster::memory();
+    let failing = Arc::new(FailingLookups {
+        inner: Arc::clone(&cluster.stores.sessions),
+        failures: std::sync::atomic::AtomicU32::new(0),
+    });
+    cluster.stores.sessions = Arc::clone(&failing) as Arc<dyn cim_core::SessionStore>;
+    let server = cluster.start("s1").await;
+    let (_, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut alice_client = TestClient::login(server.client_addr(), &alice_token).await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+
+    failing
+        .failures
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    alice_client
+        .send_text(to_user(bob), "m1", "through a restart")
+        .await;
+    alice_client.expect_ack().await;
+    let deliver = bob_client.expect_deliver().await;
+    assert_eq!(deliver.body, "through a restart");
+    assert_eq!(
+        failing.failures.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "both injected failures were hit"
+    );
+    assert!(bob_client.ping_barrier().await.is_empty());
+}
+
+/// A member who left a group and joined again is acknowledged up to their join (as the route
+/// does): the live connection, which last saw the group before leaving, does not fill the gap
+/// with what was sent while they were out.
+#[tokio::test]
+async fn filling_a_gap_never_delivers_what_was_sent_while_the_user_was_out_of_the_group() {
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (alice, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let group = cluster.group("team", alice, &[bob]).await;
+    let conversation = ConversationId::Group(group);
+    let mut alice_client = TestClient::login(server.client_addr(), &alice_token).await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+
+    alice_client
+        .send_text(to_group(group), "g1", "before")
+        .await;
+    alice_client.expect_ack().await;
+    assert_eq!(bob_client.expect_deliver().await.seq, 1);
+    assert!(
+        cluster
+            .stores
+            .accounts
+            .remove_member(group, bob)
+            .await
+            .unwrap()
+    );
+    for (id, body) in [("g2", "while out"), ("g3", "still out")] {
+        alice_client.send_text(to_group(group), id, body).await;
+        alice_client.expect_ack().await;
+    }
+    // Joining again, as the route does it: acknowledged up to the group's last message.
+    let backlog_end = cluster
+        .stores
+        .messages
+        .last_seq(conversation)
+        .await
+        .unwrap();
+    cluster
+        .stores
+        .accounts
+        .add_member(group, bob, Seq(backlog_end.0 + 1))
+        .await
+        .unwrap();
+    cluster
+        .stores
+        .messages
+        .ack(bob, conversation, backlog_end)
+        .await
+        .unwrap();
+
+    alice_client.send_text(to_group(group), "g4", "back").await;
+    alice_client.expect_ack().await;
+    let deliver = bob_client.expect_deliver().await;
+    assert_eq!((deliver.seq, deliver.body.as_str()), (4, "back"));
+    assert!(bob_client.ping_barrier().await.is_empty());
 }
