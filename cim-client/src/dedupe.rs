@@ -70,7 +70,13 @@ impl Tracker {
         if seq == 0 {
             return Arrival::Fresh;
         }
-        let seen = self.seen(conversation);
+        let seen = match self.conversations.get_mut(conversation) {
+            Some(seen) => seen,
+            None => self
+                .conversations
+                .entry(conversation.to_owned())
+                .or_default(),
+        };
         seen.delivered = seen.delivered.max(seq);
         if seen.insert(seq) {
             Arrival::Fresh
@@ -83,9 +89,17 @@ impl Tracker {
     /// back, and it acknowledges nothing: another sender's message may still be on its way
     /// below it.
     pub(crate) fn own(&mut self, conversation: &str, seq: u64) {
-        if seq != 0 {
-            self.seen(conversation).insert(seq);
+        if seq == 0 {
+            return;
         }
+        match self.conversations.get_mut(conversation) {
+            Some(seen) => seen,
+            None => self
+                .conversations
+                .entry(conversation.to_owned())
+                .or_default(),
+        }
+        .insert(seq);
     }
 
     /// The acknowledgements due now: each conversation whose highest delivered sequence moved
@@ -102,21 +116,12 @@ impl Tracker {
         acks
     }
 
-    /// A new connection: acknowledgements lost with the old one are due again.
+    /// A new connection: the acknowledgements sent on the old one may have been lost with it,
+    /// so each conversation's is due again.
     pub(crate) fn restart(&mut self) {
         for seen in self.conversations.values_mut() {
-            seen.acked = seen.acked.min(seen.delivered.saturating_sub(1));
+            seen.acked = 0;
         }
-    }
-
-    fn seen(&mut self, conversation: &str) -> &mut Seen {
-        if !self.conversations.contains_key(conversation) {
-            self.conversations
-                .insert(conversation.to_owned(), Seen::default());
-        }
-        self.conversations
-            .get_mut(conversation)
-            .unwrap_or_else(|| unreachable!("inserted above"))
     }
 
     /// The highest sequence acknowledged in `conversation` (0: none).

@@ -173,7 +173,7 @@ async fn work(targets: Arc<Targets>, mut jobs: mpsc::Receiver<Job>) {
 
 /// Tries the recipients `missed` names again after the backoff of `attempt`, on a task of its
 /// own, until they are reached or the attempts run out.
-fn retry_later(targets: &Arc<Targets>, job: Job, missed: Missed, attempt: usize) {
+fn retry_later(targets: &Arc<Targets>, job: Job, missed: Unreached, attempt: usize) {
     if matches!(missed.users.as_deref(), Some([])) {
         // Nobody to try again: a frame no client could read, or a message to "all".
         tracing::debug!(message = %job.message.id, error = %missed.error, "live delivery incomplete");
@@ -202,14 +202,6 @@ fn retry_later(targets: &Arc<Targets>, job: Job, missed: Missed, attempt: usize)
     });
 }
 
-/// Who a fan-out could not reach, and why.
-struct Missed {
-    /// These users; `None` for every recipient (their list could not be read).
-    users: Option<Vec<UserId>>,
-    /// The first failure.
-    error: Error,
-}
-
 impl Targets {
     /// Fans `message` out to its recipients, or only to `only` of them (a retry).
     async fn dispatch(
@@ -217,7 +209,7 @@ impl Targets {
         message: &StoredMessage,
         sender_name: &str,
         only: Option<&[UserId]>,
-    ) -> std::result::Result<(), Missed> {
+    ) -> std::result::Result<(), Unreached> {
         let fanout = Fanout {
             targets: self,
             message: deliver_frame(message, sender_name),
@@ -230,7 +222,7 @@ impl Targets {
             (Recipient::Group(GroupId::ALL), _) => {
                 // Reaches who is online now, never stored per user: not tried again.
                 if let Err(error) = fanout.to_everyone().await {
-                    return Err(Missed {
+                    return Err(Unreached {
                         users: Some(Vec::new()),
                         error,
                     });
@@ -251,7 +243,7 @@ impl Targets {
                     {
                         Ok(page) => page,
                         Err(error) if failures.count == 0 => {
-                            return Err(Missed { users: None, error });
+                            return Err(Unreached { users: None, error });
                         }
                         // Some pages were served: the rest is left to the next sync rather
                         // than delivered twice to those served.
@@ -415,14 +407,15 @@ impl Fanout<'_> {
     }
 }
 
-/// Recipients one call could not reach.
+/// Recipients a delivery could not reach, and why.
 struct Unreached {
-    /// These users; `None` for all it was given.
+    /// These users; `None` for all it was given (their list or sessions could not be read).
     users: Option<Vec<UserId>>,
+    /// The first failure.
     error: Error,
 }
 
-/// The recipients a fan-out could not reach, gathered into one [`Missed`].
+/// The recipients a fan-out could not reach, gathered into one [`Unreached`] for the whole fan-out.
 #[derive(Default)]
 struct Failures {
     users: Vec<UserId>,
@@ -443,10 +436,10 @@ impl Failures {
         }
     }
 
-    fn into_result(self) -> std::result::Result<(), Missed> {
+    fn into_result(self) -> std::result::Result<(), Unreached> {
         match self.first {
             None => Ok(()),
-            Some(first) => Err(Missed {
+            Some(first) => Err(Unreached {
                 users: Some(self.users),
                 error: summarise(first, self.count),
             }),

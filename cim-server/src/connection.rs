@@ -530,20 +530,17 @@ impl Connection {
             *high = delivery.seq;
             return self.feed(Outbound::Delivery(delivery)).await;
         }
-        let floor = match self.delivered.get(&conversation) {
-            Some(&high) => high,
+        let (mut floor, from_cursor) = match self.delivered.get(&conversation) {
+            Some(&high) => (high, false),
             None => match self.acknowledged(conversation).await {
-                Some(acknowledged) => acknowledged,
+                Some(acknowledged) => (acknowledged, true),
                 None => {
                     self.schedule_resync();
                     return Ok(());
                 }
             },
         };
-        if delivery.seq <= floor {
-            return Ok(());
-        }
-        if delivery.seq.0 > floor.0.saturating_add(1) {
+        if delivery.seq.0 > floor.0.saturating_add(1) && !from_cursor {
             // The gap starts at the cursor if that is higher: a user who left a group and
             // joined again was acknowledged up to their join, and what was sent in between is
             // not theirs to read.
@@ -551,17 +548,17 @@ impl Connection {
                 self.schedule_resync();
                 return Ok(());
             };
-            let floor = floor.max(acknowledged);
-            if delivery.seq <= floor {
-                return Ok(());
-            }
-            if delivery.seq.0 > floor.0.saturating_add(1)
-                && !self.fill_gap(conversation, floor, delivery.seq).await?
-            {
-                // Sending this one now would leave a hole the client cannot tell from a gap.
-                self.schedule_resync();
-                return Ok(());
-            }
+            floor = floor.max(acknowledged);
+        }
+        if delivery.seq <= floor {
+            return Ok(());
+        }
+        if delivery.seq.0 > floor.0.saturating_add(1)
+            && !self.fill_gap(conversation, floor, delivery.seq).await?
+        {
+            // Sending this one now would leave a hole the client cannot tell from a gap.
+            self.schedule_resync();
+            return Ok(());
         }
         let seq = delivery.seq;
         self.feed(Outbound::Delivery(delivery)).await?;

@@ -380,17 +380,22 @@ async fn errors_after_login_leave_the_connection_open_as_the_protocol_readme_say
     assert_eq!(client.next().await, Body::Pong(v1::Pong { nonce: 9 }));
 }
 
+/// Refreshes sessions every 50 ms, so an audit (every sixth refresh) comes within a third of a
+/// second.
+fn auditing_config() -> cim_server::ServerConfig {
+    cim_server::ServerConfig {
+        session_refresh: Duration::from_millis(50),
+        ..test_config()
+    }
+}
+
 /// The session store lost this server's sessions (it was stalled past the TTL, or the store lost
 /// data) while the connections lived: the server binds them again, and each connection syncs
 /// what senders only stored meanwhile, having seen the user offline.
 #[tokio::test]
 async fn sessions_the_store_lost_are_bound_again_and_their_connections_sync() {
     let cluster = Cluster::memory();
-    let config = cim_server::ServerConfig {
-        session_refresh: Duration::from_millis(50),
-        ..test_config()
-    };
-    let server = cluster.start_with("s1", config).await;
+    let server = cluster.start_with("s1", auditing_config()).await;
     let (alice, alice_token) = cluster.user("alice").await;
     let (bob, bob_token) = cluster.user("bob").await;
     let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
@@ -437,11 +442,7 @@ async fn sessions_the_store_lost_are_bound_again_and_their_connections_sync() {
 #[tokio::test]
 async fn a_connection_whose_session_another_login_took_is_kicked_as_replaced() {
     let cluster = Cluster::memory();
-    let config = cim_server::ServerConfig {
-        session_refresh: Duration::from_millis(50),
-        ..test_config()
-    };
-    let server = cluster.start_with("s1", config).await;
+    let server = cluster.start_with("s1", auditing_config()).await;
     let (bob, bob_token) = cluster.user("bob").await;
     let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
     let elsewhere = cim_core::Session {
