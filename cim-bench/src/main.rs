@@ -204,7 +204,7 @@ fn run_main(args: RunArgs) -> Result<ExitCode> {
         .context("this executable has no directory")?
         .to_path_buf();
     let cim_bin = args.cim_bin.clone().unwrap_or_else(|| exe_dir.join("cim"));
-    if systems.contains(&SystemKind::Cim) && !cim_bin.is_file() {
+    if systems.iter().any(|kind| kind.is_cim()) && !cim_bin.is_file() {
         bail!(
             "the cim binary is not at {}; build it first (cargo build --release -p cim -p \
              cim-bench) or point --cim-bin at it",

@@ -168,6 +168,19 @@ pub async fn run(env: &Env, config: &RunConfig) -> Vec<Measurement> {
                 let shift = (round - 1) % order.len().max(1);
                 order.rotate_left(shift);
                 for kind in order {
+                    if kind.is_durable() && !matches!(case, Case::W1SameServer) {
+                        if round == 1 {
+                            let mut m =
+                                Measurement::new(case.workload(), &name, kind.name(), round);
+                            m.status = "skipped".into();
+                            m.reason = Some(format!(
+                                "n/a: {kind} is measured on W1 on one server, against the other \
+                                 durable system"
+                            ));
+                            results.push(m);
+                        }
+                        continue;
+                    }
                     if case.cim_only() && kind != SystemKind::Cim {
                         if round == 1 {
                             let mut m =
@@ -237,9 +250,10 @@ async fn run_case(
         Err(reason) => return Ok(Err(reason)),
     };
     let m = match kind {
-        SystemKind::Cim => case.run(ctx, CimWire, &mut dep).await,
+        SystemKind::Cim | SystemKind::CimDurable => case.run(ctx, CimWire, &mut dep).await,
         SystemKind::Relay => case.run(ctx, RelayWire, &mut dep).await,
-        SystemKind::Nats => case.run(ctx, NatsWire, &mut dep).await,
+        SystemKind::Nats => case.run(ctx, NatsWire::core(), &mut dep).await,
+        SystemKind::NatsJs => case.run(ctx, NatsWire::jetstream(), &mut dep).await,
         SystemKind::Mosquitto => case.run(ctx, MqttWire, &mut dep).await,
         SystemKind::Redis => case.run(ctx, RedisWire, &mut dep).await,
     };

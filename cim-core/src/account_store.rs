@@ -38,7 +38,9 @@ impl AccountCapabilities {
 /// # Contract
 ///
 /// - **Ids.** [`create_user`](Self::create_user) and [`create_group`](Self::create_group) assign
-///   ids that are unique in the store, also under concurrency, and never reused.
+///   ids that are unique in the store, also under concurrency, and never reused. Users are
+///   never deleted: a user found once exists for good (the message pipeline remembers the
+///   recipients it has found instead of looking them up for every message).
 /// - **Names.** User names are unique, and so are group names, by their canonical form
 ///   ([`canonical_name`](crate::canonical_name): NFC, lower case) and by their skeleton
 ///   ([`name_skeleton`](crate::name_skeleton), given by [`NewUser::skeleton`] and

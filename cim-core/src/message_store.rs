@@ -28,9 +28,11 @@ pub fn search_words(query: &str) -> Result<Vec<String>> {
 }
 
 /// How long a store recognises a retry of a message or a schedule, at least: a retry (same
-/// sender, same `client_msg_id`) within this time of the first attempt is a duplicate. A
-/// backend may remember longer (the SQL backends remember forever); clients retry within
-/// seconds or minutes, so a day is a wide margin.
+/// sender, same `client_msg_id`) within this time of the first attempt is a duplicate (unless
+/// retention deleted the message meanwhile). A backend may remember longer (the SQL backends
+/// remember as long as they keep the message) or forget right after it: the memory backend
+/// forgets keys older than the window, which bounds its index by the window's traffic. Clients
+/// retry within seconds or minutes, so a day is a wide margin.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What a [`MessageStore`] backend can honour.
@@ -121,6 +123,20 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Stores `message` with a new id and the next sequence of its conversation.
     async fn append(&self, message: NewMessage) -> Result<Appended>;
+
+    /// Appends `messages` in order, as [`append`](Self::append) one after another would: a
+    /// message gets a higher sequence than every earlier one of the batch in its conversation,
+    /// and a retry later in the batch is a duplicate of the earlier one. Each result is the
+    /// message's own (one may fail while the others are stored). What a connection's batch of
+    /// sends calls, so that a backend can store them together (SQLite commits them in one
+    /// transaction); the default appends them one by one.
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            results.push(self.append(message).await);
+        }
+        results
+    }
 
     /// A slice of a conversation, in ascending sequence order.
     async fn history(

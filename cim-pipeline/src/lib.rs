@@ -81,6 +81,7 @@ struct Inner {
     stores: Stores,
     limits: LimitsConfig,
     messages: PerUser,
+    known_users: authorize::KnownUsers,
     broadcasts: PerUser,
     peers: PeerPool,
     dispatcher: Dispatcher,
@@ -105,6 +106,7 @@ impl Pipeline {
             inner: Arc::new(Inner {
                 messages: PerUser::new(limits.messages),
                 broadcasts: PerUser::new(limits.broadcast.rate),
+                known_users: authorize::KnownUsers::default(),
                 stores,
                 limits,
                 peers,
@@ -143,6 +145,62 @@ impl Pipeline {
     /// user, or no group the sender is a member of), `PermissionDenied` (not allowed to
     /// broadcast), or the store's own (`Unavailable`, ...). Nothing is stored on an error.
     pub async fn send(&self, sender: &Sender, request: SendRequest) -> Result<Accepted> {
+        let mut results = self.send_all(sender, vec![request]).await;
+        results.pop().unwrap_or_else(|| {
+            Err(cim_core::Error::internal(
+                "the pipeline answered no result for one send",
+            ))
+        })
+    }
+
+    /// [`send`](Self::send) for the messages an entry point received together (a
+    /// connection's batch of frames): each goes through validation, rate limit and
+    /// authorisation in order, then those admitted are stored together (one commit on
+    /// backends that can) and queued for dispatch in order. Each request gets its own result,
+    /// in order; one refused does not stop the others.
+    pub async fn send_all(
+        &self,
+        sender: &Sender,
+        requests: Vec<SendRequest>,
+    ) -> Vec<Result<Accepted>> {
+        let inner = &self.inner;
+        let mut results: Vec<Option<Result<Accepted>>> = Vec::with_capacity(requests.len());
+        let mut admitted = Vec::new();
+        let mut positions = Vec::new();
+        for request in requests {
+            match self.admit(sender, request).await {
+                Ok(valid) => {
+                    positions.push(results.len());
+                    results.push(None);
+                    admitted.push(valid);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let accepted = store::accept_all(inner.stores.messages.as_ref(), admitted).await;
+        for (position, accepted) in positions.into_iter().zip(accepted) {
+            if let Ok(Accepted::Stored { message, .. }) = &accepted {
+                inner
+                    .dispatcher
+                    .enqueue(Arc::clone(message), Arc::clone(&sender.name))
+                    .await;
+            }
+            results[position] = Some(accepted);
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(cim_core::Error::internal(
+                        "the store stage answered fewer messages than it was given",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The stages before the store: validate, rate-limit, authorise.
+    async fn admit(&self, sender: &Sender, request: SendRequest) -> Result<validate::Valid> {
         let inner = &self.inner;
         let valid = validate::request(&inner.limits, sender, request, Timestamp::now())?;
         let now = Instant::now();
@@ -158,6 +216,7 @@ impl Pipeline {
         let to = valid.message.to;
         authorize::send(
             inner.stores.accounts.as_ref(),
+            &inner.known_users,
             &inner.limits.broadcast,
             sender,
             to,
@@ -174,14 +233,7 @@ impl Pipeline {
                 )
             })?;
         }
-        let accepted = store::accept(inner.stores.messages.as_ref(), valid).await?;
-        if let Accepted::Stored { message, .. } = &accepted {
-            inner
-                .dispatcher
-                .enqueue(Arc::clone(message), Arc::clone(&sender.name))
-                .await;
-        }
-        Ok(accepted)
+        Ok(valid)
     }
 
     /// Releases a scheduled message that is due (the scheduler's entry point): checks again
@@ -200,6 +252,7 @@ impl Pipeline {
         let sender = Sender::new(sender_id, name);
         let allowed = authorize::send(
             inner.stores.accounts.as_ref(),
+            &inner.known_users,
             &inner.limits.broadcast,
             &sender,
             entry.message.to,

@@ -7,29 +7,61 @@
 //! that died before delivering it; recipients drop what they already have), or with the first
 //! schedule entry, acknowledged the same way again.
 
+//!
+//! A batch (the sends a connection read at once) is stored together: its appends go to the
+//! store in one [`MessageStore::append_all`], which a backend may commit as one (SQLite does).
+
 use std::sync::Arc;
 
-use cim_core::{MessageStore, Result};
+use cim_core::{Error, MessageStore, Result};
 
 use crate::message::Accepted;
 use crate::validate::Valid;
 
-/// Appends `valid` now, or schedules it when it has a `deliver_at`.
-pub(crate) async fn accept(messages: &dyn MessageStore, valid: Valid) -> Result<Accepted> {
-    match valid.deliver_at {
-        Some(at) => {
-            let scheduled = messages.schedule(valid.message, at).await?;
-            Ok(Accepted::Scheduled {
-                entry: scheduled.entry,
-                duplicate: scheduled.duplicate,
-            })
-        }
-        None => {
-            let appended = messages.append(valid.message).await?;
-            Ok(Accepted::Stored {
-                message: Arc::new(appended.message),
-                duplicate: appended.duplicate,
-            })
+/// Appends each of `valid` now, or schedules it when it has a `deliver_at`: each message's own
+/// result, in order.
+pub(crate) async fn accept_all(
+    messages: &dyn MessageStore,
+    valid: Vec<Valid>,
+) -> Vec<Result<Accepted>> {
+    let mut results: Vec<Option<Result<Accepted>>> = Vec::with_capacity(valid.len());
+    let mut appends = Vec::new();
+    let mut positions = Vec::new();
+    for valid in valid {
+        match valid.deliver_at {
+            Some(at) => {
+                let scheduled = messages.schedule(valid.message, at).await;
+                results.push(Some(scheduled.map(|scheduled| Accepted::Scheduled {
+                    entry: scheduled.entry,
+                    duplicate: scheduled.duplicate,
+                })));
+            }
+            None => {
+                positions.push(results.len());
+                results.push(None);
+                appends.push(valid.message);
+            }
         }
     }
+    if !appends.is_empty() {
+        for (position, appended) in positions
+            .into_iter()
+            .zip(messages.append_all(appends).await)
+        {
+            results[position] = Some(appended.map(|appended| Accepted::Stored {
+                message: Arc::new(appended.message),
+                duplicate: appended.duplicate,
+            }));
+        }
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                Err(Error::internal(
+                    "the message store answered fewer appends than it was given",
+                ))
+            })
+        })
+        .collect()
 }

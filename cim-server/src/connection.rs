@@ -48,16 +48,14 @@ use cim_pipeline::local::{ConnectionHandle, Control};
 use cim_pipeline::{Accepted, Delivery, SendRequest, Sender, TokenBucket};
 use cim_proto::v1::{self, PeerKick};
 use cim_proto::{Body, ErrorCode, Frame, KickReason};
-use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_util::codec::Framed;
 
 use crate::server::Shared;
 use crate::wire::{
-    ClientCodec, ClientFramed, Outbound, close, error_code, error_frame, failure_frame,
-    frame_error, kicked_frame, undeliverable_frame,
+    ClientStream, Outbound, ReadEnd, close, error_code, error_frame, failure_frame, frame_error,
+    kicked_frame, undeliverable_frame,
 };
 
 /// The first and the longest wait before a connection syncs again after a failed check.
@@ -67,8 +65,10 @@ const MAX_RESYNC_WAIT: Duration = Duration::from_secs(15);
 const MAX_DEVICE_LEN: usize = 64;
 /// Messages read per page during the sync.
 const SYNC_PAGE: u32 = 256;
-/// Deliveries written before one flush.
+/// Deliveries queued before one flush.
 const MAX_BATCH: usize = 64;
+/// Bytes queued before a flush even in the middle of a batch (a sync page, a gap's fill).
+const FLUSH_AT: usize = 64 * 1024;
 /// Kicks and overflow notices queued per connection.
 const CONTROL_QUEUE: usize = 4;
 /// Conversations whose delivered sequence a connection remembers; beyond, it forgets them all
@@ -78,12 +78,14 @@ const MAX_TRACKED: usize = 1024;
 /// Serves one client connection to its end.
 pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
-    let framed = Framed::new(socket, ClientCodec::new(shared.config.max_frame_len));
+    let stream = ClientStream::new(socket, shared.config.max_frame_len);
     let write_timeout = shared.config.idle_timeout;
-    let (framed, claims, device) = match login(&shared, framed).await {
+    // Boxed, like the sync: a login's state would otherwise be part of every connection's
+    // future for its whole life.
+    let (stream, claims, device, early) = match Box::pin(login(&shared, stream)).await {
         Ok(logged_in) => logged_in,
-        Err((framed, last)) => {
-            close(framed, last, write_timeout).await;
+        Err((stream, last)) => {
+            close(stream, last, write_timeout).await;
             return;
         }
     };
@@ -121,7 +123,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         sender: Sender::new(claims.user_id, claims.user_name),
         user: claims.user_id,
         shared: Arc::clone(&shared),
-        framed,
+        stream,
+        early,
         connection_id,
         deliveries,
         control,
@@ -135,61 +138,68 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
     if let Err(e) = shared.stores.sessions.unbind(&session.reference()).await {
         tracing::warn!(user = %session.user_id, error = %e, "cannot unbind a closed connection's session; it expires with the server's");
     }
-    close(connection.framed, last, write_timeout).await;
+    close(connection.stream, last, write_timeout).await;
 }
+
+/// What a successful login leaves: the stream, who logged in, from which device, and the
+/// frames the client sent after its `Login` in the same read.
+type LoggedIn = (ClientStream, Claims, String, Vec<Frame>);
 
 /// Reads and checks the `Login` frame; on failure, the connection and its last frame.
 async fn login(
     shared: &Shared,
-    mut framed: ClientFramed,
-) -> std::result::Result<(ClientFramed, Claims, String), (ClientFramed, Option<Outbound>)> {
+    mut stream: ClientStream,
+) -> std::result::Result<LoggedIn, (ClientStream, Option<Outbound>)> {
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => {
-            return Err((framed, Some(kicked_frame(KickReason::ServerShutdown))));
+            return Err((stream, Some(kicked_frame(KickReason::ServerShutdown))));
         }
-        first = timeout(shared.config.login_timeout, framed.next()) => first,
+        first = timeout(shared.config.login_timeout, stream.read()) => first,
     };
-    let login = match first {
+    let mut frames = match first {
         Err(_) => {
             let text = format!(
                 "no Login frame within {:?}; log in first",
                 shared.config.login_timeout
             );
-            return Err((framed, Some(error_frame(ErrorCode::NotLoggedIn, text, ""))));
+            return Err((stream, Some(error_frame(ErrorCode::NotLoggedIn, text, ""))));
         }
-        Ok(None) => return Err((framed, None)),
-        Ok(Some(Err(e))) => {
-            let last = frame_error(&e);
-            return Err((framed, last));
+        Ok(Err(end)) => {
+            let last = read_end_frame(&end);
+            return Err((stream, last));
         }
-        Ok(Some(Ok(Frame {
+        Ok(Ok(frames)) => frames.into_iter(),
+    };
+    let login = match frames.next() {
+        Some(Frame {
             body: Some(Body::Login(login)),
-        }))) => login,
-        Ok(Some(Ok(_))) => {
+        }) => login,
+        _ => {
             let text = "the first frame must be Login; log in before anything else";
-            return Err((framed, Some(error_frame(ErrorCode::NotLoggedIn, text, ""))));
+            return Err((stream, Some(error_frame(ErrorCode::NotLoggedIn, text, ""))));
         }
     };
+    let early: Vec<Frame> = frames.collect();
     let claims = match shared.key.verify(&login.token) {
         Ok(claims) if claims.user_id != UserId(0) => claims,
         Ok(_) => {
             let text = "this token is not a user's; log in through the route";
             return Err((
-                framed,
+                stream,
                 Some(error_frame(ErrorCode::Unauthenticated, text, "")),
             ));
         }
         Err(e) => {
             let text = e.message().to_string();
             return Err((
-                framed,
+                stream,
                 Some(error_frame(ErrorCode::Unauthenticated, text, "")),
             ));
         }
     };
     if login.device.len() > MAX_DEVICE_LEN {
         let text = format!("the device label is longer than {MAX_DEVICE_LEN} bytes");
-        return Err((framed, Some(error_frame(ErrorCode::InvalidInput, text, ""))));
+        return Err((stream, Some(error_frame(ErrorCode::InvalidInput, text, ""))));
     }
     match shared
         .stores
@@ -201,16 +211,16 @@ async fn login(
         Ok(true) => {
             let text = "this login was ended (logged out); log in again through the route";
             return Err((
-                framed,
+                stream,
                 Some(error_frame(ErrorCode::Unauthenticated, text, "")),
             ));
         }
         Err(e) => {
             let text = format!("cannot check your login now: {}", e.message());
-            return Err((framed, Some(error_frame(error_code(e.kind()), text, ""))));
+            return Err((stream, Some(error_frame(error_code(e.kind()), text, ""))));
         }
     }
-    Ok((framed, claims, login.device))
+    Ok((stream, claims, login.device, early))
 }
 
 /// Why the connection ends, when the client should hear it.
@@ -219,7 +229,9 @@ type Last = Option<Outbound>;
 /// A logged-in connection.
 struct Connection {
     shared: Arc<Shared>,
-    framed: ClientFramed,
+    stream: ClientStream,
+    /// Frames the client sent right after its `Login`, served first.
+    early: Vec<Frame>,
     user: UserId,
     /// The user, as the pipeline and recipients see them.
     sender: Sender,
@@ -283,12 +295,16 @@ impl Connection {
         if self.write(result.into()).await.is_err() {
             return None;
         }
-        let held = match self.sync().await {
+        let held = match Box::pin(self.sync()).await {
             Ok(held) => held,
             Err(SyncFailed::Store(e)) => return Some(sync_error_frame(&e)),
             Err(SyncFailed::End(last)) => return last,
         };
         if let Step::Close(last) = self.send_held(held).await {
+            return last;
+        }
+        let early = std::mem::take(&mut self.early);
+        if let Step::Close(last) = self.handle_batch(early).await {
             return last;
         }
         self.serve().await
@@ -417,10 +433,7 @@ impl Connection {
                 return Step::Close(None);
             }
         }
-        match self.flush().await {
-            Ok(()) => Step::Continue,
-            Err(()) => Step::Close(None),
-        }
+        self.flush_step().await
     }
 
     /// The main loop.
@@ -443,15 +456,14 @@ impl Connection {
                 () = sleep_until(self.token_expires) => {
                     Step::Close(Some(kicked_frame(KickReason::TokenExpired)))
                 }
-                frame = self.framed.next() => match frame {
-                    None => Step::Close(None),
-                    Some(Err(e)) => Step::Close(frame_error(&e)),
-                    Some(Ok(frame)) => {
+                frames = self.stream.read() => match frames {
+                    Err(end) => Step::Close(read_end_frame(&end)),
+                    Ok(frames) => {
                         idle.as_mut().reset(Instant::now() + idle_timeout);
-                        self.handle(frame).await
+                        self.handle_batch(frames).await
                     }
                 },
-                Some(delivery) = self.deliveries.recv() => self.send_live(delivery).await,
+                Some(delivery) = self.deliveries.recv() => self.send_live(Some(delivery)).await,
                 () = sleep_until(self.resync_at.unwrap_or(self.token_expires)), if self.resync_at.is_some() => {
                     self.resync().await
                 }
@@ -462,9 +474,45 @@ impl Connection {
         }
     }
 
-    /// Writes `first` and whatever else is queued, in one flush.
-    async fn send_live(&mut self, first: Arc<Delivery>) -> Step {
-        let mut next = Some(first);
+    /// Serves frames read together, then writes every answer, and the deliveries queued
+    /// meanwhile, in one flush. Consecutive `Send`s go through the pipeline together (one
+    /// store commit on backends that can); every frame is still answered in order.
+    async fn handle_batch(&mut self, frames: Vec<Frame>) -> Step {
+        if frames.is_empty() {
+            return Step::Continue;
+        }
+        let mut sends = Vec::new();
+        for frame in frames {
+            if let Some(step) = self.admit().await {
+                if let Step::Close(last) = step {
+                    return Step::Close(last);
+                }
+                continue;
+            }
+            let step = match frame.body {
+                Some(Body::Send(send)) => {
+                    sends.push(send);
+                    continue;
+                }
+                body => match self.handle_sends(std::mem::take(&mut sends)).await {
+                    Step::Continue => self.handle(body).await,
+                    close => close,
+                },
+            };
+            if let Step::Close(last) = step {
+                return Step::Close(last);
+            }
+        }
+        if let Step::Close(last) = self.handle_sends(sends).await {
+            return Step::Close(last);
+        }
+        self.send_live(None).await
+    }
+
+    /// Queues `first` and the deliveries waiting behind it (a batch's worth), then flushes
+    /// everything queued.
+    async fn send_live(&mut self, first: Option<Arc<Delivery>>) -> Step {
+        let mut next = first.or_else(|| self.deliveries.try_recv().ok());
         let mut taken = 0;
         while let Some(delivery) = next.take() {
             if self.deliver(delivery).await.is_err() {
@@ -475,6 +523,11 @@ impl Connection {
                 next = self.deliveries.try_recv().ok();
             }
         }
+        self.flush_step().await
+    }
+
+    /// Flushes what is queued: continue, or close if the connection is gone or stuck.
+    async fn flush_step(&mut self) -> Step {
         match self.flush().await {
             Ok(()) => Step::Continue,
             Err(()) => Step::Close(None),
@@ -487,7 +540,7 @@ impl Connection {
     async fn resync(&mut self) -> Step {
         tracing::info!(user = %self.user, "syncing a live connection again");
         self.resync_at = None;
-        match self.sync().await {
+        match Box::pin(self.sync()).await {
             Ok(held) => {
                 self.resync_backoff = MIN_RESYNC_WAIT;
                 self.send_held(held).await
@@ -669,7 +722,10 @@ impl Connection {
         *high = (*high).max(seq);
     }
 
-    async fn handle(&mut self, frame: Frame) -> Step {
+    /// Takes a token from the frame rate limit for one frame: `None` to serve the frame, or
+    /// what to do instead (it is ignored, answered with one notice per flood, or the
+    /// connection is closed).
+    async fn admit(&mut self) -> Option<Step> {
         let now = Instant::now();
         if self.frames.is_full(now) {
             // The client let its bucket fill up: it is not flooding.
@@ -678,7 +734,7 @@ impl Connection {
         }
         if self.frames.take(now).is_err() {
             if self.refused_frames.count() {
-                return Step::Close(Some(flooding_frame("")));
+                return Some(Step::Close(Some(flooding_frame(""))));
             }
             // Tell the client once per flood, not per frame: answering every frame of a flood
             // would cost what the limit is there to save.
@@ -688,15 +744,21 @@ impl Connection {
                     "more than {} frames per second; frames are ignored until you slow down",
                     limit.per_second
                 );
-                return self
-                    .reply(error_frame(ErrorCode::RateLimited, text, ""))
-                    .await;
+                return Some(
+                    self.reply(error_frame(ErrorCode::RateLimited, text, ""))
+                        .await,
+                );
             }
-            return Step::Continue;
+            return Some(Step::Continue);
         }
-        let reply = match frame.body {
+        None
+    }
+
+    /// Serves one admitted frame other than `Send`.
+    async fn handle(&mut self, body: Option<Body>) -> Step {
+        let reply = match body {
             Some(Body::Ping(ping)) => Body::Pong(v1::Pong { nonce: ping.nonce }).into(),
-            Some(Body::Send(send)) => return self.handle_send(send).await,
+            Some(Body::Send(send)) => return self.handle_sends(vec![send]).await,
             Some(Body::DeliveryAck(ack)) => match self.handle_ack(ack).await {
                 Some(error) => error,
                 None => return Step::Continue,
@@ -756,29 +818,59 @@ impl Connection {
         .into()
     }
 
-    /// Writes one frame; closes if the connection is gone or stuck.
+    /// Queues one answer for the batch's flush; closes if the connection is gone or stuck.
     async fn reply(&mut self, item: Outbound) -> Step {
-        match self.write(item).await {
+        match self.feed(item).await {
             Ok(()) => Step::Continue,
             Err(()) => Step::Close(None),
         }
     }
 
-    /// Takes a message through the pipeline and acknowledges it (or says why not).
-    async fn handle_send(&mut self, send: v1::Send) -> Step {
-        let client_msg_id = send.client_msg_id.clone();
-        let result = match recipient_from_proto(send.to.as_ref()) {
-            Ok(to) => {
-                let request = SendRequest {
-                    to,
-                    client_msg_id: send.client_msg_id,
-                    body: send.body,
-                    deliver_at: send.deliver_at_ms.map(Timestamp),
-                };
-                self.shared.pipeline.send(&self.sender, request).await
+    /// Takes messages through the pipeline together and acknowledges each (or says why not),
+    /// in order.
+    async fn handle_sends(&mut self, sends: Vec<v1::Send>) -> Step {
+        if sends.is_empty() {
+            return Step::Continue;
+        }
+        let mut ids = Vec::with_capacity(sends.len());
+        let mut results: Vec<Option<Result<Accepted, Error>>> = Vec::with_capacity(sends.len());
+        let mut requests = Vec::new();
+        let mut positions = Vec::new();
+        for send in sends {
+            ids.push(send.client_msg_id.clone());
+            match recipient_from_proto(send.to.as_ref()) {
+                Ok(to) => {
+                    positions.push(results.len());
+                    results.push(None);
+                    requests.push(SendRequest {
+                        to,
+                        client_msg_id: send.client_msg_id,
+                        body: send.body,
+                        deliver_at: send.deliver_at_ms.map(Timestamp),
+                    });
+                }
+                Err(e) => results.push(Some(Err(e))),
             }
-            Err(e) => Err(e),
-        };
+        }
+        let accepted = self.shared.pipeline.send_all(&self.sender, requests).await;
+        for (position, accepted) in positions.into_iter().zip(accepted) {
+            results[position] = Some(accepted);
+        }
+        for (client_msg_id, result) in ids.into_iter().zip(results) {
+            let result = result.unwrap_or_else(|| {
+                Err(Error::internal(
+                    "the pipeline answered fewer sends than it was given",
+                ))
+            });
+            if let Step::Close(last) = self.answer_send(&client_msg_id, result).await {
+                return Step::Close(last);
+            }
+        }
+        Step::Continue
+    }
+
+    /// Acknowledges one send (or says why it was refused).
+    async fn answer_send(&mut self, client_msg_id: &str, result: Result<Accepted, Error>) -> Step {
         match result {
             Ok(accepted) => {
                 if let Accepted::Stored { message, .. } = &accepted {
@@ -796,13 +888,15 @@ impl Connection {
             Err(e) => {
                 match e.kind() {
                     ErrorKind::RateLimited if self.refused_sends.count() => {
-                        return Step::Close(Some(flooding_frame(&client_msg_id)));
+                        return Step::Close(Some(flooding_frame(client_msg_id)));
                     }
-                    ErrorKind::InvalidInput | ErrorKind::NotFound | ErrorKind::PermissionDenied => {
-                    }
+                    ErrorKind::InvalidInput
+                    | ErrorKind::NotFound
+                    | ErrorKind::PermissionDenied
+                    | ErrorKind::RateLimited => {}
                     _ => tracing::warn!(user = %self.user, error = %e, "cannot store a message"),
                 }
-                self.reply(failure_frame(&e, &client_msg_id)).await
+                self.reply(failure_frame(&e, client_msg_id)).await
             }
         }
     }
@@ -833,9 +927,22 @@ impl Connection {
         self.flush().await
     }
 
+    /// Queues one item, flushing first if much is queued already; `Err` if the connection is
+    /// gone or stuck.
     async fn feed(&mut self, item: Outbound) -> std::result::Result<(), ()> {
+        if let Err(e) = self.stream.queue(item) {
+            tracing::warn!(user = %self.user, error = %e, "cannot encode a frame");
+            return Err(());
+        }
+        if self.stream.queued() >= FLUSH_AT {
+            return self.flush().await;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::result::Result<(), ()> {
         let write_timeout = self.shared.config.idle_timeout;
-        match timeout(write_timeout, self.framed.feed(item)).await {
+        match timeout(write_timeout, self.stream.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::debug!(user = %self.user, error = %e, "write failed");
@@ -845,14 +952,6 @@ impl Connection {
                 tracing::debug!(user = %self.user, "the client stopped reading");
                 Err(())
             }
-        }
-    }
-
-    async fn flush(&mut self) -> std::result::Result<(), ()> {
-        let write_timeout = self.shared.config.idle_timeout;
-        match timeout(write_timeout, SinkExt::<Outbound>::flush(&mut self.framed)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
         }
     }
 }
@@ -941,6 +1040,15 @@ fn control_frame(control: Control) -> Last {
         Control::Kick(reason) => Some(kicked_frame(reason)),
         Control::Slow => Some(slow_frame()),
         Control::Resync => None,
+    }
+}
+
+/// The last frame for a client side that ended: an error for a bad frame, nothing when the
+/// client left.
+fn read_end_frame(end: &ReadEnd) -> Last {
+    match end {
+        ReadEnd::Closed => None,
+        ReadEnd::Failed(e) => frame_error(e),
     }
 }
 

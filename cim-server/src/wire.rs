@@ -1,8 +1,9 @@
 //! The server's side of a client connection's byte stream: frames in, frames and pre-encoded
 //! deliveries out, error frames, and a close that lets the last frame arrive.
 //!
-//! Deliveries reach a connection already encoded (see [`Delivery`]), so the codec writes them
-//! as they are; every other frame goes through [`FrameCodec`] and its size check.
+//! Deliveries reach a connection already encoded (see [`Delivery`]), so they are written as
+//! they are; every other frame goes through [`FrameCodec`] and its size check. An idle
+//! connection holds no buffer (see [`ClientStream`]).
 //!
 //! Closing needs care. A server that closes a socket with unread bytes in its receive buffer
 //! (the rest of an oversized frame, say) makes the kernel send a reset, and the client may then
@@ -12,16 +13,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use cim_core::{ErrorKind, StoredMessage};
 use cim_pipeline::Delivery;
 use cim_proto::v1::{self, Kicked};
 use cim_proto::{Body, ErrorCode, Frame, FrameCodec, FrameError, KickReason};
-use futures::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::Encoder;
 
 /// How long [`close`] waits for the client to finish sending before it drops the socket.
 const LINGER: Duration = Duration::from_millis(500);
@@ -43,45 +43,161 @@ impl From<Body> for Outbound {
     }
 }
 
-/// Decodes client frames; encodes [`Outbound`] items.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientCodec {
-    frames: FrameCodec<Frame>,
+/// How much one read takes from the socket at most: the scratch buffer on the reading task's
+/// stack, so an idle connection holds no read buffer.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// How the client's side of a connection ended.
+#[derive(Debug)]
+pub(crate) enum ReadEnd {
+    /// The client closed the connection (or reset it).
+    Closed,
+    /// The client sent something that is not a frame, or a frame over the limit.
+    Failed(FrameError),
 }
 
-impl ClientCodec {
-    pub(crate) fn new(max_frame_len: usize) -> Self {
-        ClientCodec {
-            frames: FrameCodec::new(max_frame_len),
+/// A client connection's byte stream: frames in, [`Outbound`] items out.
+///
+/// Built for many mostly idle connections and for batches. Between frames it holds no buffer:
+/// a read waits for the socket to be readable, then reads into a scratch buffer on the stack
+/// and keeps only the bytes of a frame not yet complete. Writes are queued in a buffer that is
+/// allocated by the first item and released by the flush that writes it, so one flush carries
+/// every answer to a batch of frames and every delivery queued meanwhile.
+#[derive(Debug)]
+pub(crate) struct ClientStream {
+    socket: TcpStream,
+    codec: FrameCodec<Frame>,
+    /// The start of a frame whose rest has not arrived; empty between frames.
+    partial: BytesMut,
+    /// How the client's side ended, once known, after the frames read before it.
+    end: Option<ReadEnd>,
+    /// Queued bytes to write; unallocated while nothing is queued.
+    out: BytesMut,
+}
+
+impl ClientStream {
+    /// A stream over `socket` that refuses frames longer than `max_frame_len` both ways.
+    pub(crate) fn new(socket: TcpStream, max_frame_len: usize) -> Self {
+        ClientStream {
+            socket,
+            codec: FrameCodec::new(max_frame_len),
+            partial: BytesMut::new(),
+            end: None,
+            out: BytesMut::new(),
         }
     }
-}
 
-impl Decoder for ClientCodec {
-    type Item = Frame;
-    type Error = FrameError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        self.frames.decode(src)
+    /// Waits for the client's next frames and returns every complete one that has arrived
+    /// (at least one), or how the client's side ended. Cancel-safe: nothing is lost when the
+    /// wait is dropped.
+    pub(crate) async fn read(&mut self) -> Result<Vec<Frame>, ReadEnd> {
+        loop {
+            if let Some(end) = self.end.take() {
+                return Err(end);
+            }
+            if let Err(e) = self.socket.readable().await {
+                return Err(ReadEnd::Failed(e.into()));
+            }
+            let frames = self.read_ready();
+            if !frames.is_empty() {
+                return Ok(frames);
+            }
+        }
     }
-}
 
-impl Encoder<Outbound> for ClientCodec {
-    type Error = FrameError;
+    /// Reads what the socket holds now, without waiting; the complete frames in it. Records
+    /// the end of the stream, if it came.
+    fn read_ready(&mut self) -> Vec<Frame> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let read = match self.socket.try_read(&mut chunk) {
+            Ok(0) => {
+                self.end = Some(ReadEnd::Closed);
+                return Vec::new();
+            }
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Vec::new(),
+            Err(e) => {
+                self.end = Some(match e.kind() {
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                        ReadEnd::Closed
+                    }
+                    _ => ReadEnd::Failed(e.into()),
+                });
+                return Vec::new();
+            }
+        };
+        let mut frames = Vec::new();
+        if self.partial.is_empty() {
+            let used = self.decode(&chunk[..read], &mut frames);
+            if self.end.is_none() {
+                self.partial.extend_from_slice(&chunk[used..read]);
+            }
+        } else {
+            self.partial.extend_from_slice(&chunk[..read]);
+            let partial = std::mem::take(&mut self.partial);
+            let used = self.decode(&partial, &mut frames);
+            if self.end.is_none() && used < partial.len() {
+                // Still incomplete: keep the buffer (a large frame arrives over many reads).
+                self.partial = partial;
+                self.partial.advance(used);
+            }
+        }
+        frames
+    }
 
-    fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), FrameError> {
+    /// Decodes the complete frames at the front of `bytes` into `frames`; the bytes used.
+    /// Records a malformed frame as the end of the stream.
+    fn decode(&mut self, bytes: &[u8], frames: &mut Vec<Frame>) -> usize {
+        let mut used = 0;
+        while used < bytes.len() {
+            match self.codec.decode_slice(&bytes[used..]) {
+                Ok(Some((frame, len))) => {
+                    frames.push(frame);
+                    used += len;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.end = Some(ReadEnd::Failed(e));
+                    break;
+                }
+            }
+        }
+        used
+    }
+
+    /// Queues `item` for the next [`flush`](Self::flush).
+    pub(crate) fn queue(&mut self, item: Outbound) -> Result<(), FrameError> {
         match item {
-            Outbound::Frame(frame) => self.frames.encode(frame, dst),
+            Outbound::Frame(frame) => self.codec.encode(frame, &mut self.out),
             Outbound::Delivery(delivery) => {
-                dst.extend_from_slice(&delivery.frame);
+                self.out.extend_from_slice(&delivery.frame);
                 Ok(())
             }
         }
     }
-}
 
-/// A client connection, framed.
-pub(crate) type ClientFramed = Framed<TcpStream, ClientCodec>;
+    /// How many bytes are queued.
+    pub(crate) fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Writes everything queued, then releases the write buffer. A flush cut short (by a
+    /// timeout) keeps what it has not written yet, so a later flush goes on where it stopped.
+    pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            if self.socket.write_buf(&mut self.out).await? == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+        }
+        self.out = BytesMut::new();
+        Ok(())
+    }
+
+    /// The socket, for the close.
+    fn into_socket(self) -> TcpStream {
+        self.socket
+    }
+}
 
 /// An `Error` frame.
 pub(crate) fn error_frame(
@@ -184,28 +300,151 @@ pub(crate) fn error_code(kind: ErrorKind) -> ErrorCode {
     }
 }
 
-/// Writes `last` (if any), then closes the connection so that the client can read it.
+/// Writes what is queued and `last` (if any), then closes the connection so that the client
+/// can read it.
 pub(crate) async fn close(
-    mut framed: ClientFramed,
+    mut stream: ClientStream,
     last: Option<Outbound>,
     write_timeout: Duration,
 ) {
     if let Some(last) = last {
-        let _ = timeout(write_timeout, framed.send(last)).await;
+        let _ = stream.queue(last);
     }
-    let mut stream = framed.into_inner();
-    if timeout(write_timeout, stream.shutdown()).await.is_err() {
+    if !matches!(timeout(write_timeout, stream.flush()).await, Ok(Ok(()))) {
+        return;
+    }
+    let mut socket = stream.into_socket();
+    if timeout(write_timeout, socket.shutdown()).await.is_err() {
         return;
     }
     let drain = async {
         let mut buf = vec![0u8; 8192];
         let mut discarded = 0;
         while discarded < LINGER_BYTES {
-            match stream.read(&mut buf).await {
+            match socket.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
         }
     };
     let _ = timeout(LINGER, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use cim_proto::v1::{Ping, Pong};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair: the server's stream and the client's socket.
+    async fn pair(max_frame_len: usize) -> (ClientStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (ClientStream::new(server, max_frame_len), client)
+    }
+
+    fn encoded(frames: &[Frame]) -> Vec<u8> {
+        let mut codec: FrameCodec<Frame> = FrameCodec::new(1024);
+        let mut buf = BytesMut::new();
+        for frame in frames {
+            codec.encode(frame, &mut buf).expect("encode");
+        }
+        buf.to_vec()
+    }
+
+    fn ping(nonce: u64) -> Frame {
+        Body::Ping(Ping { nonce }).into()
+    }
+
+    #[tokio::test]
+    async fn frames_sent_together_are_read_as_one_batch() {
+        let (mut stream, mut client) = pair(1024).await;
+        client
+            .write_all(&encoded(&[ping(1), ping(2), ping(3)]))
+            .await
+            .expect("write");
+        let frames = stream.read().await.expect("frames");
+        assert_eq!(frames, vec![ping(1), ping(2), ping(3)]);
+        assert_eq!(
+            stream.partial.capacity(),
+            0,
+            "nothing is kept between frames"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_split_over_many_writes_is_read_whole_and_its_buffer_released() {
+        let (mut stream, mut client) = pair(1024).await;
+        let bytes = encoded(&[ping(u64::MAX), ping(9)]);
+        let split = bytes.len() - 3;
+        // The first frame whole, the second cut short: one frame now, the rest kept.
+        client.write_all(&bytes[..split]).await.expect("write");
+        assert_eq!(stream.read().await.expect("frames"), vec![ping(u64::MAX)]);
+        assert!(
+            !stream.partial.is_empty(),
+            "the second frame's start is kept"
+        );
+        client.write_all(&bytes[split..]).await.expect("write");
+        assert_eq!(stream.read().await.expect("frames"), vec![ping(9)]);
+        assert_eq!(
+            stream.partial.capacity(),
+            0,
+            "the partial buffer is released"
+        );
+    }
+
+    #[tokio::test]
+    async fn frames_before_a_malformed_one_are_served_then_the_error_ends_the_stream() {
+        let (mut stream, mut client) = pair(1024).await;
+        let mut bytes = encoded(&[ping(1)]);
+        bytes.extend_from_slice(&[0x02, 0xff, 0xff]);
+        client.write_all(&bytes).await.expect("write");
+        assert_eq!(stream.read().await.expect("frames"), vec![ping(1)]);
+        match stream.read().await {
+            Err(ReadEnd::Failed(FrameError::Malformed(_))) => {}
+            other => panic!("expected a malformed frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_fails_on_its_prefix() {
+        let (mut stream, mut client) = pair(16).await;
+        // Announces 1 MiB and sends only the prefix.
+        let mut prefix = BytesMut::new();
+        prost::encoding::encode_varint(1 << 20, &mut prefix);
+        client.write_all(&prefix).await.expect("write");
+        match stream.read().await {
+            Err(ReadEnd::Failed(FrameError::TooLarge { len, max: 16 })) => {
+                assert_eq!(len, 1 << 20);
+            }
+            other => panic!("expected a frame over the limit, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_client_ends_the_stream() {
+        let (mut stream, client) = pair(1024).await;
+        drop(client);
+        assert!(matches!(stream.read().await, Err(ReadEnd::Closed)));
+    }
+
+    #[tokio::test]
+    async fn queued_items_go_out_in_one_flush_and_the_write_buffer_is_released() {
+        let (mut stream, mut client) = pair(1024).await;
+        let pong = |nonce| Frame::from(Body::Pong(Pong { nonce }));
+        stream.queue(Outbound::Frame(pong(1))).expect("queue");
+        stream.queue(Outbound::Frame(pong(2))).expect("queue");
+        assert!(stream.queued() > 0);
+        stream.flush().await.expect("flush");
+        assert_eq!(stream.out.capacity(), 0, "no write buffer while idle");
+        let expected = encoded(&[pong(1), pong(2)]);
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, expected);
+    }
 }

@@ -473,3 +473,72 @@ async fn a_connection_whose_session_another_login_took_is_kicked_as_replaced() {
         "the newer login stays"
     );
 }
+
+#[tokio::test]
+async fn frames_written_together_are_answered_in_order_and_their_sends_stored_in_order() {
+    use bytes::BytesMut;
+    use cim_proto::{Frame, FrameCodec};
+    use tokio_util::codec::Encoder;
+
+    let cluster = Cluster::memory();
+    let server = cluster.start("s1").await;
+    let (_alice, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut alice = TestClient::login(server.client_addr(), &alice_token).await;
+    let mut bob_client = TestClient::login(server.client_addr(), &bob_token).await;
+
+    // One write: three sends, a ping, a send that fails, two more sends (one a retry).
+    let send = |id: &str, to: cim_proto::v1::Recipient| {
+        Body::Send(v1::Send {
+            client_msg_id: id.into(),
+            to: Some(to),
+            body: format!("body of {id}"),
+            deliver_at_ms: None,
+        })
+    };
+    let frames = [
+        send("m1", to_user(bob)),
+        send("m2", to_user(bob)),
+        send("m3", to_user(bob)),
+        Body::Ping(Ping { nonce: 5 }),
+        send("m4", to_user(UserId(999_999))),
+        send("m5", to_user(bob)),
+        send("m1", to_user(bob)),
+    ];
+    let mut codec: FrameCodec<Frame> = FrameCodec::default();
+    let mut bytes = BytesMut::new();
+    for body in frames {
+        codec.encode(Frame::from(body), &mut bytes).unwrap();
+    }
+    alice.send_raw(&bytes).await;
+
+    let mut seqs = Vec::new();
+    for expected in ["m1", "m2", "m3"] {
+        let ack = alice.expect_ack().await;
+        assert_eq!(ack.client_msg_id, expected);
+        seqs.push(ack.seq);
+    }
+    assert_eq!(alice.next().await, Body::Pong(v1::Pong { nonce: 5 }));
+    let refused = alice.expect_error(ErrorCode::UnknownRecipient).await;
+    assert_eq!(refused.client_msg_id, "m4");
+    let m5 = alice.expect_ack().await;
+    assert_eq!(m5.client_msg_id, "m5");
+    seqs.push(m5.seq);
+    let retry = alice.expect_ack().await;
+    assert_eq!(
+        (retry.client_msg_id.as_str(), retry.seq),
+        ("m1", seqs[0]),
+        "a retry in the same batch answers the first"
+    );
+    assert_eq!(seqs, [1, 2, 3, 4], "stored in the order sent");
+
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        bodies.push(bob_client.expect_deliver().await.body);
+    }
+    assert_eq!(
+        bodies,
+        ["body of m1", "body of m2", "body of m3", "body of m5"],
+        "delivered once each, in order"
+    );
+}

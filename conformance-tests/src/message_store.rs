@@ -38,6 +38,10 @@ pub fn cases() -> Vec<Case<dyn MessageStore>> {
             },
         ),
         Case::always(
+            "a_batch_is_appended_in_order_each_message_with_its_own_result",
+            |h| boxed(a_batch_is_appended_in_order_each_message_with_its_own_result(h)),
+        ),
+        Case::always(
             "sequences_are_per_conversation_and_message_ids_unique",
             |h| boxed(sequences_are_per_conversation_and_message_ids_unique(h)),
         ),
@@ -540,6 +544,63 @@ pub async fn sequences_are_per_conversation_and_message_ids_unique(h: Messages) 
         let got = store.last_seq(conversation).await.must("last_seq");
         assert_eq!(got, Seq(last), "last_seq({conversation})");
     }
+}
+
+/// [`MessageStore::append_all`] stores a batch as appends one after another would: in order per
+/// conversation, a retry inside the batch is a duplicate of the earlier message, and an invalid
+/// message fails alone.
+pub async fn a_batch_is_appended_in_order_each_message_with_its_own_result(h: Messages) {
+    let store = h.store().await;
+    let before = append(&*store, direct(1, 2, "before", "first, alone")).await;
+    let batch = vec![
+        direct(1, 2, "b-1", "one"),
+        direct(2, 1, "b-2", "two"),
+        direct(1, 3, "b-3", "another conversation"),
+        direct(1, 2, "", "an empty client_msg_id"),
+        direct(1, 2, "b-1", "a retry inside the batch"),
+        direct(1, 2, "b-4", "three"),
+    ];
+    let results = store.append_all(batch.clone()).await;
+    assert_eq!(results.len(), batch.len(), "one result per message");
+    match &results[3] {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}"),
+        Ok(appended) => panic!("an empty client_msg_id was stored: {appended:?}"),
+    }
+    let stored: Vec<(u64, bool)> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(i, result)| match result {
+            Ok(appended) => (appended.message.seq.0, appended.duplicate),
+            Err(e) => panic!("message {i} of the batch failed: {e}"),
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        [(2, false), (3, false), (1, false), (2, true), (4, false)],
+        "(seq, duplicate) per message, after the message appended before the batch"
+    );
+    if let Ok(first) = &results[0]
+        && let Ok(retry) = &results[4]
+    {
+        assert_eq!(
+            retry.message, first.message,
+            "the retry answers the first message"
+        );
+    }
+    for (result, sent) in results.iter().zip(&batch) {
+        if let Ok(appended) = result
+            && !appended.duplicate
+        {
+            assert_stored_as_sent(&appended.message, sent);
+        }
+    }
+    let bodies: Vec<String> = whole_history(&*store, dm(1, 2))
+        .await
+        .into_iter()
+        .map(|message| message.body)
+        .collect();
+    assert_eq!(bodies, [before.body.as_str(), "one", "two", "three"]);
 }
 
 /// A retry with the same sender and `client_msg_id` stores nothing and returns the first

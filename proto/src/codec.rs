@@ -121,11 +121,13 @@ fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError> {
     }
 }
 
-impl<M: FrameMessage> Decoder for FrameCodec<M> {
-    type Item = M;
-    type Error = FrameError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<M>, FrameError> {
+impl<M: FrameMessage> FrameCodec<M> {
+    /// Decodes the frame at the front of `src`: `Ok(None)` if `src` holds only part of it,
+    /// otherwise the frame and the number of bytes it took (prefix included).
+    ///
+    /// For readers that keep their own buffers (a server reading many connections into one
+    /// scratch buffer, say); [`Decoder::decode`] is this on a `BytesMut`.
+    pub fn decode_slice(&self, src: &[u8]) -> Result<Option<(M, usize)>, FrameError> {
         let Some((len, prefix_len)) = peek_varint(src)? else {
             return Ok(None);
         };
@@ -137,17 +139,43 @@ impl<M: FrameMessage> Decoder for FrameCodec<M> {
         if len > self.max_frame_len {
             return Err(too_large());
         }
-        if src.len() < prefix_len + len {
-            src.reserve(prefix_len + len - src.len());
+        let Some(body) = src.get(prefix_len..prefix_len + len) else {
             return Ok(None);
-        }
-        src.advance(prefix_len);
-        let body = src.split_to(len).freeze();
+        };
         let frame = M::decode(body)?;
         if !frame.has_body() {
             return Err(FrameError::Empty);
         }
-        Ok(Some(frame))
+        Ok(Some((frame, prefix_len + len)))
+    }
+
+    /// The bytes the frame at the front of `src` needs in all (prefix included), once its
+    /// length prefix is complete.
+    fn frame_len(src: &[u8]) -> Option<usize> {
+        match peek_varint(src) {
+            Ok(Some((len, prefix_len))) => usize::try_from(len).ok()?.checked_add(prefix_len),
+            _ => None,
+        }
+    }
+}
+
+impl<M: FrameMessage> Decoder for FrameCodec<M> {
+    type Item = M;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<M>, FrameError> {
+        match self.decode_slice(src)? {
+            Some((frame, used)) => {
+                src.advance(used);
+                Ok(Some(frame))
+            }
+            None => {
+                if let Some(needed) = Self::frame_len(src) {
+                    src.reserve(needed.saturating_sub(src.len()));
+                }
+                Ok(None)
+            }
+        }
     }
 }
 

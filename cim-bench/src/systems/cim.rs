@@ -38,6 +38,9 @@ const SETUP_CONCURRENCY: usize = 32;
 pub enum Backends {
     /// Every section in memory.
     Memory,
+    /// What `cim standalone` does with no backend sections: meta and sessions in memory,
+    /// accounts and messages in a SQLite file under the data directory.
+    Default,
     /// Accounts in the vault's Redis (database 0), the rest in memory.
     VaultAccounts {
         /// The vault's Redis.
@@ -67,6 +70,8 @@ secret = "{SECRET}"
 # The bench's raw-protocol clients do not ping: keep idle connections open.
 heartbeat_interval = "5m"
 idle_timeout = "10m"
+# W4 opens as many connections as the open-files limit allows: no share of it held back.
+max_connections = 1000000
 
 # The bench sends as fast as the window allows: no rate limits.
 [limits.messages]
@@ -106,6 +111,7 @@ signups_per_source = {{ burst = 1000000000, refill = "1ms" }}
                 text.push_str(&format!("\n[{section}]\nbackend = \"memory\"\n"));
             }
         }
+        Backends::Default => {}
         Backends::VaultAccounts { redis } => {
             for section in ["meta", "sessions", "messages"] {
                 text.push_str(&format!("\n[{section}]\nbackend = \"memory\"\n"));
@@ -317,19 +323,33 @@ pub async fn create_and_login(
     results
 }
 
-/// Deploys cim for `plan`.
-pub async fn deploy(env: &Env, plan: &Plan) -> Result<Deployment> {
-    let dir = env.deployment_dir("cim")?;
+/// Deploys cim (`kind`: [`SystemKind::Cim`] or [`SystemKind::CimDurable`]) for `plan`.
+pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployment> {
+    let dir = env.deployment_dir(kind.name())?;
     if plan.servers > 1 {
         return deploy_cluster(env, plan, dir).await;
     }
     let mut notes = vec!["cim standalone (route + server in one process)".to_string()];
     let mut users = Vec::with_capacity(plan.users);
     let mut shared_pids = Vec::new();
+    let durable = kind == SystemKind::CimDurable;
+    if durable && plan.accounts != Accounts::Fresh {
+        bail!("cim-durable is deployed with fresh accounts only");
+    }
     let standalone = match plan.accounts {
         Accounts::Fresh => {
-            notes.push("every backend in memory (meta, sessions, accounts, messages)".into());
-            let standalone = start_standalone(env, dir.as_path(), &Backends::Memory).await?;
+            let backends = if durable {
+                notes.push(
+                    "the default config: meta and sessions in memory, accounts and messages in \
+                     SQLite (WAL, synchronous = FULL, appends committed in groups)"
+                        .into(),
+                );
+                Backends::Default
+            } else {
+                notes.push("every backend in memory (meta, sessions, accounts, messages)".into());
+                Backends::Memory
+            };
+            let standalone = start_standalone(env, dir.as_path(), &backends).await?;
             let route = RouteApi::new(env.http.clone(), &standalone.route_url);
             let names: Vec<String> = (0..plan.users).map(|i| format!("b{i}")).collect();
             let logins = create_and_login(env, &route, names, "setup: cim accounts").await?;
@@ -372,7 +392,7 @@ pub async fn deploy(env: &Env, plan: &Plan) -> Result<Deployment> {
     let route = RouteApi::new(env.http.clone(), &standalone.route_url);
     let groups = create_groups(env, &route, plan, &users).await?;
     Ok(Deployment {
-        kind: SystemKind::Cim,
+        kind,
         servers: vec![Server {
             addr: standalone.client_addr,
             proc: standalone.proc,

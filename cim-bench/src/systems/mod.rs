@@ -27,10 +27,16 @@ use crate::progress::Progress;
 pub enum SystemKind {
     /// cim itself (`cim standalone`, or `cim route` + `cim server`s on Redis).
     Cim,
+    /// `cim standalone` as a user runs it: the default config, messages and accounts on
+    /// SQLite, each send acknowledged once committed (W1 only).
+    CimDurable,
     /// The bench's own one-hop relay: the practical upper bound.
     Relay,
     /// NATS (`nats-server`).
     Nats,
+    /// NATS JetStream (`nats-server -js`): a file-stored stream, every publish acknowledged
+    /// once stored (W1 only).
+    NatsJs,
     /// Mosquitto, MQTT 3.1.1 at QoS 0 (`mosquitto`).
     Mosquitto,
     /// Redis pub/sub (`redis-server`).
@@ -39,10 +45,12 @@ pub enum SystemKind {
 
 impl SystemKind {
     /// Every system, in the default order.
-    pub const ALL: [SystemKind; 5] = [
+    pub const ALL: [SystemKind; 7] = [
         SystemKind::Cim,
+        SystemKind::CimDurable,
         SystemKind::Relay,
         SystemKind::Nats,
+        SystemKind::NatsJs,
         SystemKind::Mosquitto,
         SystemKind::Redis,
     ];
@@ -51,11 +59,24 @@ impl SystemKind {
     pub fn name(self) -> &'static str {
         match self {
             SystemKind::Cim => "cim",
+            SystemKind::CimDurable => "cim-durable",
             SystemKind::Relay => "relay",
             SystemKind::Nats => "nats",
+            SystemKind::NatsJs => "nats-js",
             SystemKind::Mosquitto => "mosquitto",
             SystemKind::Redis => "redis",
         }
+    }
+
+    /// Whether this is cim (in any configuration).
+    pub fn is_cim(self) -> bool {
+        matches!(self, SystemKind::Cim | SystemKind::CimDurable)
+    }
+
+    /// Whether the system stores every message before acknowledging it: such systems are
+    /// measured on W1 against each other.
+    pub fn is_durable(self) -> bool {
+        matches!(self, SystemKind::CimDurable | SystemKind::NatsJs)
     }
 
     /// The system called `name`.
@@ -68,8 +89,10 @@ impl SystemKind {
     /// The external program this system needs and the package that installs it.
     pub fn program(self) -> Option<(&'static str, &'static str)> {
         match self {
-            SystemKind::Cim | SystemKind::Relay => None,
-            SystemKind::Nats => Some(("nats-server", "apt-get install nats-server")),
+            SystemKind::Cim | SystemKind::CimDurable | SystemKind::Relay => None,
+            SystemKind::Nats | SystemKind::NatsJs => {
+                Some(("nats-server", "apt-get install nats-server"))
+            }
             SystemKind::Mosquitto => Some(("mosquitto", "apt-get install mosquitto")),
             SystemKind::Redis => Some(("redis-server", "apt-get install redis-server")),
         }
@@ -278,7 +301,7 @@ pub async fn deploy(
         return Ok(Err(format!("skipped: {program} not installed ({install})")));
     }
     match kind {
-        SystemKind::Cim => cim::deploy(env, plan).await.map(Ok),
+        SystemKind::Cim | SystemKind::CimDurable => cim::deploy(env, kind, plan).await.map(Ok),
         _ if plan.servers > 1 => Ok(Err(format!(
             "n/a: the bench runs {} as a single server only",
             kind.name()

@@ -33,18 +33,29 @@ pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployme
             let addr = parse_addr_after(&line, "relay listening on")?;
             (proc, addr)
         }
-        SystemKind::Nats => {
+        SystemKind::Nats | SystemKind::NatsJs => {
             let port = free_port()?;
             let program = program("nats-server")?;
+            let mut args = vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ];
+            if kind == SystemKind::NatsJs {
+                let store = dir.as_path().join("jetstream");
+                args.extend(["-js".into(), "-sd".into(), store.display().to_string()]);
+                notes.push(
+                    "JetStream: stream BENCH on u.> and g.>, file storage; publish with ack \
+                     (the server's default sync: acknowledged once in its file store, synced \
+                     to disk every 2 minutes)"
+                        .into(),
+                );
+            }
             let proc = Proc::spawn(Spawn {
                 name: "nats-server".into(),
                 program: &program,
-                args: vec![
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    port.to_string(),
-                ],
+                args,
                 env: Vec::new(),
                 cpus,
                 log,
@@ -112,13 +123,18 @@ pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployme
             })?;
             (proc, loopback(port))
         }
-        SystemKind::Cim => anyhow::bail!("cim is deployed by systems::cim"),
+        SystemKind::Cim | SystemKind::CimDurable => {
+            anyhow::bail!("cim is deployed by systems::cim")
+        }
     };
     let mut server = Server { addr, proc };
     server
         .proc
         .wait_until("accepting connections", env.ready_timeout, || accepts(addr))
         .await?;
+    if kind == SystemKind::NatsJs {
+        create_stream(addr).await?;
+    }
     let users = (0..plan.users)
         .map(|i| User {
             name: format!("u{i}"),
@@ -140,6 +156,37 @@ pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployme
         dir,
         pin_before_measuring: None,
     })
+}
+
+/// Creates the JetStream stream that stores every user's and group's messages, through the
+/// JetStream API (a request on `$JS.API.STREAM.CREATE.<name>`).
+async fn create_stream(addr: SocketAddr) -> Result<()> {
+    use crate::wire::{Conn, Login, Wire};
+    let mut conn = Conn::connect(addr, None).await?;
+    let login = Login {
+        address: u64::MAX,
+        token: None,
+    };
+    crate::wire::nats::NatsWire::core()
+        .handshake(&mut conn, login, false)
+        .await?;
+    let config = r#"{"name":"BENCH","subjects":["u.>","g.>"],"storage":"file","retention":"limits","discard":"old","num_replicas":1}"#;
+    let request = format!(
+        "SUB setup.reply 1\r\nPUB $JS.API.STREAM.CREATE.BENCH setup.reply {}\r\n{config}\r\n",
+        config.len()
+    );
+    conn.write_all(request.as_bytes()).await?;
+    let reply = crate::wire::read_until(&mut conn, |buf| {
+        let text = String::from_utf8_lossy(buf);
+        Ok(text
+            .find("MSG setup.reply")
+            .and_then(|at| text[at..].split("\r\n").nth(1).map(str::to_owned)))
+    })
+    .await?;
+    if reply.contains("\"error\"") {
+        anyhow::bail!("JetStream refused the stream: {reply}");
+    }
+    Ok(())
 }
 
 fn program(name: &str) -> Result<PathBuf> {

@@ -65,7 +65,7 @@ impl Wire for CimWire {
         Ok(())
     }
 
-    fn encode_send(&self, out: &mut BytesMut, to: Target, body: &[u8], id: u64) {
+    fn encode_send(&self, out: &mut BytesMut, _from: u32, to: Target, body: &[u8], id: u64) {
         encode_send(out, to, body, id);
     }
 

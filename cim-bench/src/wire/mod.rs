@@ -92,7 +92,8 @@ pub struct Login<'a> {
 /// What a decoder counted besides messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Acknowledgements of sends (cim `SendAck`, Redis `PUBLISH` replies, relay OKs).
+    /// Acknowledgements of sends (cim `SendAck`, JetStream publish acks, Redis `PUBLISH`
+    /// replies, relay OKs).
     pub acks: u64,
     /// Error replies.
     pub errors: u64,
@@ -118,8 +119,9 @@ pub trait Wire: Clone + Send + Sync + 'static {
     /// Subscribes the connection to groups (cim: nothing, membership is kept by the server).
     fn join(&self, conn: &mut Conn, groups: &[u64]) -> impl Future<Output = Result<()>> + Send;
 
-    /// Appends a send of `body` to `to` to `out`. `id` is unique per sender.
-    fn encode_send(&self, out: &mut BytesMut, to: Target, body: &[u8], id: u64);
+    /// Appends a send of `body` from sender `from` (its user index) to `to` to `out`. `id` is
+    /// unique per sender.
+    fn encode_send(&self, out: &mut BytesMut, from: u32, to: Target, body: &[u8], id: u64);
 
     /// A decoder for one connection.
     fn decoder(&self) -> Self::Decoder;

@@ -140,7 +140,7 @@ impl Wire for MqttWire {
         self.subscribe(conn, &topics).await
     }
 
-    fn encode_send(&self, out: &mut BytesMut, to: Target, body: &[u8], _id: u64) {
+    fn encode_send(&self, out: &mut BytesMut, _from: u32, to: Target, body: &[u8], _id: u64) {
         let topic = match to {
             Target::User(user) => format!("u/{user}"),
             Target::Group(group) => format!("g/{group}"),
@@ -202,8 +202,8 @@ mod tests {
         let wire = MqttWire;
         let mut buf = BytesMut::new();
         let body = vec![b'x'; 200];
-        wire.encode_send(&mut buf, Target::User(12), &body, 0);
-        wire.encode_send(&mut buf, Target::Group(3), b"short", 0);
+        wire.encode_send(&mut buf, 0, Target::User(12), &body, 0);
+        wire.encode_send(&mut buf, 0, Target::Group(3), b"short", 0);
         let mut seen = Vec::new();
         let mut decoder = wire.decoder();
         let mut partial = buf.split_to(5);

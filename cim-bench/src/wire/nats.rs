@@ -1,6 +1,11 @@
 //! The NATS client protocol (text): `CONNECT` + `PING`/`PONG` to log in, `SUB` per subject,
 //! `PUB`, and `MSG` frames received. A user's messages go to subject `u.<index>`, a group's to
 //! `g.<index>`.
+//!
+//! With JetStream (`nats-js`), a stream stores every `u.>` and `g.>` message in a file, and
+//! each publish asks for JetStream's acknowledgement (sent once the message is stored) on the
+//! sender's subject `ack.<index>`: the same contract as a cim `SendAck`. Recipients still
+//! receive through their plain subscriptions.
 
 use anyhow::{Result, bail};
 use bytes::{Buf, BytesMut};
@@ -9,7 +14,25 @@ use super::{Conn, Counters, Decoder, Login, Target, Wire, read_until};
 
 /// The NATS protocol.
 #[derive(Debug, Clone, Default)]
-pub struct NatsWire;
+pub struct NatsWire {
+    /// Publish with JetStream acknowledgements (the server must have the stream).
+    jetstream: bool,
+}
+
+impl NatsWire {
+    /// Core NATS: publish and forget.
+    pub fn core() -> NatsWire {
+        NatsWire { jetstream: false }
+    }
+
+    /// JetStream: every publish is acknowledged once stored.
+    pub fn jetstream() -> NatsWire {
+        NatsWire { jetstream: true }
+    }
+}
+
+/// The prefix of the subjects JetStream's acknowledgements come back on.
+const ACK_SUBJECT: &str = "ack.";
 
 const CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"tls_required\":false,\"name\":\"cim-bench\",\"lang\":\"rust\",\"version\":\"0.1.0\",\"protocol\":1,\"echo\":false}\r\nPING\r\n";
 
@@ -57,6 +80,16 @@ impl Wire for NatsWire {
             conn.write_all(sub.as_bytes()).await?;
             await_pong(conn).await?;
         }
+        if self.jetstream {
+            // Subscription id: one no user or group uses.
+            let sub = format!(
+                "SUB {ACK_SUBJECT}{} {}\r\nPING\r\n",
+                login.address,
+                u64::MAX / 2
+            );
+            conn.write_all(sub.as_bytes()).await?;
+            await_pong(conn).await?;
+        }
         Ok(())
     }
 
@@ -74,10 +107,15 @@ impl Wire for NatsWire {
         await_pong(conn).await
     }
 
-    fn encode_send(&self, out: &mut BytesMut, to: Target, body: &[u8], _id: u64) {
-        let header = match to {
-            Target::User(user) => format!("PUB u.{user} {}\r\n", body.len()),
-            Target::Group(group) => format!("PUB g.{group} {}\r\n", body.len()),
+    fn encode_send(&self, out: &mut BytesMut, from: u32, to: Target, body: &[u8], _id: u64) {
+        let subject = match to {
+            Target::User(user) => format!("u.{user}"),
+            Target::Group(group) => format!("g.{group}"),
+        };
+        let header = if self.jetstream {
+            format!("PUB {subject} {ACK_SUBJECT}{from} {}\r\n", body.len())
+        } else {
+            format!("PUB {subject} {}\r\n", body.len())
         };
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(body);
@@ -123,7 +161,19 @@ impl Decoder for NatsDecoder {
                     buf.reserve(total - buf.len());
                     return Ok(());
                 }
-                on_message(&buf[end + 2..end + 2 + len]);
+                let payload = &buf[end + 2..end + 2 + len];
+                if line[4..].starts_with(ACK_SUBJECT.as_bytes()) {
+                    // A JetStream acknowledgement: `{"stream":..,"seq":..}` or an error.
+                    if payload.windows(7).any(|w| w == b"\"error\"") {
+                        self.counters.errors += 1;
+                        self.counters.last_error =
+                            Some(String::from_utf8_lossy(payload).into_owned());
+                    } else {
+                        self.counters.acks += 1;
+                    }
+                } else {
+                    on_message(payload);
+                }
                 buf.advance(total);
                 continue;
             }
@@ -164,5 +214,36 @@ mod tests {
             .expect("decode");
         assert_eq!(seen, vec![b"hello".to_vec(), b"hi".to_vec()]);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn jetstream_acknowledgements_are_counted_not_delivered() {
+        let mut decoder = NatsDecoder::default();
+        let mut out = BytesMut::new();
+        let mut seen = Vec::new();
+        let ok = br#"{"stream":"BENCH","seq":7}"#;
+        let err = br#"{"error":{"code":503,"description":"no responders"}}"#;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(format!("MSG ack.3 9 {}\r\n", ok.len()).as_bytes());
+        buf.extend_from_slice(ok);
+        buf.extend_from_slice(format!("\r\nMSG ack.3 9 {}\r\n", err.len()).as_bytes());
+        buf.extend_from_slice(err);
+        buf.extend_from_slice(b"\r\nMSG u.3 3 2\r\nhi\r\n");
+        decoder
+            .decode(&mut buf, &mut out, &mut |m| seen.push(m.to_vec()))
+            .expect("decode");
+        assert_eq!(seen, vec![b"hi".to_vec()]);
+        let counters = decoder.counters();
+        assert_eq!((counters.acks, counters.errors), (1, 1));
+    }
+
+    #[test]
+    fn jetstream_publishes_ask_for_an_acknowledgement_on_the_senders_subject() {
+        let mut out = BytesMut::new();
+        NatsWire::jetstream().encode_send(&mut out, 2, Target::User(5), b"hey", 1);
+        assert_eq!(&out[..], b"PUB u.5 ack.2 3\r\nhey\r\n");
+        out.clear();
+        NatsWire::core().encode_send(&mut out, 2, Target::User(5), b"hey", 1);
+        assert_eq!(&out[..], b"PUB u.5 3\r\nhey\r\n");
     }
 }

@@ -162,7 +162,7 @@ impl Wire for RedisWire {
         self.subscribe(conn, &channels).await
     }
 
-    fn encode_send(&self, out: &mut BytesMut, to: Target, body: &[u8], _id: u64) {
+    fn encode_send(&self, out: &mut BytesMut, _from: u32, to: Target, body: &[u8], _id: u64) {
         let channel = match to {
             Target::User(user) => format!("u.{user}"),
             Target::Group(group) => format!("g.{group}"),
@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn a_publish_is_a_resp_command() {
         let mut out = BytesMut::new();
-        RedisWire.encode_send(&mut out, Target::Group(4), b"hi", 0);
+        RedisWire.encode_send(&mut out, 0, Target::Group(4), b"hi", 0);
         assert_eq!(
             &out[..],
             b"*3\r\n$7\r\nPUBLISH\r\n$3\r\ng.4\r\n$2\r\nhi\r\n"

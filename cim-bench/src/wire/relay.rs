@@ -92,7 +92,7 @@ impl Wire for RelayWire {
         Ok(())
     }
 
-    fn encode_send(&self, out: &mut BytesMut, to: Target, body: &[u8], _id: u64) {
+    fn encode_send(&self, out: &mut BytesMut, _from: u32, to: Target, body: &[u8], _id: u64) {
         match to {
             Target::User(user) => put_frame(out, SEND, user, body),
             Target::Group(group) => put_frame(out, PUBLISH, group, body),

@@ -416,7 +416,7 @@ pub async fn send_closed<W: Wire>(
                 sent_ns: clock.now_ns(),
             };
             payload::encode(&mut body, header, body_len);
-            wire.encode_send(&mut out, to(seq), &body, seq + 1);
+            wire.encode_send(&mut out, me, to(seq), &body, seq + 1);
             seq += 1;
         }
         if let Err(e) = write.write_all(&out).await {
@@ -477,7 +477,7 @@ pub async fn send_open<W: Wire>(
                 sent_ns: clock.now_ns(),
             };
             payload::encode(&mut body, header, body_len);
-            wire.encode_send(&mut out, to(seq), &body, seq + 1);
+            wire.encode_send(&mut out, me, to(seq), &body, seq + 1);
             seq += 1;
         }
         if !out.is_empty() {

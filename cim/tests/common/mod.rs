@@ -136,6 +136,11 @@ impl Standalone {
         (client, events)
     }
 
+    /// SIGKILL, as a crash or the OOM killer would, and waits for the exit.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL cim standalone");
+    }
+
     /// SIGTERM, then the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("still running");

@@ -1,23 +1,42 @@
 //! [`MessageStore`] in process memory.
 //!
-//! The whole state sits behind one mutex, so "read the conversation's last sequence, store the
-//! next one" is one step and sequences are gap-free under any concurrency. Each conversation
-//! keeps its sequence counter apart from its messages, so retention can delete messages without
-//! a later append ever reusing a number. Messages are kept per conversation in sequence order,
-//! which makes history and the pending inbox range scans; the pending cursor names the
-//! conversation and sequence of the last message returned, because the inbox is ordered by both.
-//! Nothing here survives the process, so the capabilities say `durable: false`.
+//! Built so that many senders never wait on one another, nor on one rehash of a big map: the
+//! state is split into shards, each behind its own mutex.
+//!
+//! - **Conversations**, sharded by conversation id: each conversation's log and sequence
+//!   counter, and the users' delivery cursors in it. "Read the last sequence, store the next
+//!   one" is one step under the shard's lock, so sequences are gap-free under any
+//!   concurrency. The counter is kept apart from the messages, so retention can delete messages
+//!   without a later append ever reusing a number. Logs are ordered by sequence, which makes
+//!   history and the pending inbox range scans; the pending cursor names the conversation and
+//!   sequence of the last message returned, because the inbox is ordered by both.
+//! - **Users**, sharded by user id: each user's direct conversations (the group conversations
+//!   come from the caller, but the direct ones only the store knows) and the groups they sent
+//!   to (search shows a user their own messages even in a group they left).
+//! - **Retries**, sharded by sender: the idempotency keys of the last [`DEDUP_WINDOW`], oldest
+//!   first, so the index is bounded by the window and forgets in order, a little at each
+//!   append. A message is stored once and shared (`Arc`) by its log and this index.
+//! - **Schedules**, behind one mutex: they are few and off the hot path.
+//!
+//! An append takes the sender's retry shard, then the conversation's shard, then the users'
+//! shards, one at a time and always in that order; every other operation holds one lock at a
+//! time. Nothing here survives the process, so the capabilities say `durable: false`.
+//!
+//! [`DEDUP_WINDOW`]: crate::message_store::DEDUP_WINDOW
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use crate::message_store::DEDUP_WINDOW;
 use crate::paging::{self, parse_pending_cursor};
 use crate::registry::{BackendOptions, BuildFuture, MessageStoreFactory};
 use crate::{
@@ -42,32 +61,55 @@ fn build(options: BackendOptions) -> BuildFuture<dyn MessageStore> {
     Box::pin(std::future::ready(store))
 }
 
+/// Shards per map: enough that two cores' worth of senders rarely meet on one lock, and that
+/// one shard's rehash moves a sixty-fourth of the entries.
+const SHARDS: usize = 64;
+
 /// Messages, delivery cursors and schedules in process memory, lost when the process exits.
 ///
 /// The reference [`MessageStore`]: search, retention and scheduling, but not durable. Use it in
-/// tests and single-process experiments; registered as backend `memory`.
-#[derive(Default)]
+/// tests and single-process experiments; registered as backend `memory`. Retries are recognised
+/// for [`DEDUP_WINDOW`](crate::message_store::DEDUP_WINDOW), then forgotten.
 pub struct MemoryMessageStore {
-    state: Mutex<State>,
+    /// The last message id handed out; ids start at 1.
+    last_message_id: AtomicU64,
+    hasher: RandomState,
+    conversations: Box<[Mutex<ConversationShard>]>,
+    users: Box<[Mutex<UserShard>]>,
+    retries: Box<[Mutex<RetryShard>]>,
+    schedules: Mutex<Schedules>,
+    /// How long a retry is recognised.
+    dedup_window: Duration,
 }
 
 #[derive(Default)]
-struct State {
-    /// The last message id handed out; ids start at 1.
-    last_message_id: u64,
+struct ConversationShard {
+    conversations: HashMap<ConversationId, Conversation>,
+    /// Each user's delivery cursor per conversation of this shard; absent means 0.
+    cursors: HashMap<(UserId, ConversationId), Seq>,
+}
+
+#[derive(Default)]
+struct UserShard {
+    /// Each user's direct conversations (both participants, whoever sent).
+    direct: HashMap<UserId, BTreeSet<ConversationId>>,
+    /// The groups each user ever sent to.
+    sent_to_groups: HashMap<UserId, BTreeSet<ConversationId>>,
+}
+
+#[derive(Default)]
+struct RetryShard {
+    /// Stored messages by their idempotency key (sender, `client_msg_id`).
+    by_key: HashMap<(UserId, String), Arc<StoredMessage>>,
+    /// The same messages with when they were stored, oldest first: forgotten once the dedup
+    /// window has passed.
+    by_age: VecDeque<(Timestamp, Arc<StoredMessage>)>,
+}
+
+#[derive(Default)]
+struct Schedules {
     /// The last schedule entry id handed out; ids start at 1.
     last_scheduled_id: u64,
-    conversations: HashMap<ConversationId, Conversation>,
-    /// Every stored message by its idempotency key (sender, `client_msg_id`).
-    by_client_msg_id: HashMap<(UserId, String), StoredMessage>,
-    /// Each user's delivery cursor per conversation; absent means 0.
-    cursors: HashMap<(UserId, ConversationId), Seq>,
-    /// Each user's direct conversations (both participants, whoever sent): the group
-    /// conversations come from the caller, but the direct ones only the store knows.
-    direct: HashMap<UserId, BTreeSet<ConversationId>>,
-    /// The groups each user ever sent to: search shows a user their own messages even in a
-    /// group the caller does not name (one they left, say).
-    sent_to_groups: HashMap<UserId, BTreeSet<ConversationId>>,
     /// Schedule entries, waiting or finished (kept for the dedup window).
     scheduled: BTreeMap<ScheduledId, Entry>,
     /// Schedule entries by their idempotency key.
@@ -76,19 +118,11 @@ struct State {
     finished: VecDeque<(Timestamp, ScheduledId)>,
 }
 
+#[derive(Default)]
 struct Conversation {
     /// The sequence of the latest message ever appended, deleted or not.
     last_seq: Seq,
-    messages: BTreeMap<Seq, StoredMessage>,
-}
-
-impl Default for Conversation {
-    fn default() -> Self {
-        Conversation {
-            last_seq: Seq(0),
-            messages: BTreeMap::new(),
-        }
-    }
+    messages: BTreeMap<Seq, Arc<StoredMessage>>,
 }
 
 struct Entry {
@@ -99,39 +133,176 @@ struct Entry {
     finished: bool,
 }
 
+impl Default for MemoryMessageStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MemoryMessageStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_dedup_window(DEDUP_WINDOW)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // No operation panics half-way through a change, so a poisoned lock still guards a
-        // consistent state.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// An empty store that recognises retries for `window`. Anything shorter than
+    /// [`DEDUP_WINDOW`](crate::message_store::DEDUP_WINDOW) breaks the [`MessageStore`]
+    /// contract: this exists to test the window itself.
+    pub fn with_dedup_window(window: Duration) -> Self {
+        MemoryMessageStore {
+            last_message_id: AtomicU64::new(0),
+            hasher: RandomState::new(),
+            conversations: shards(),
+            users: shards(),
+            retries: shards(),
+            schedules: Mutex::default(),
+            dedup_window: window,
+        }
+    }
+
+    fn shard<'a, T>(&self, shards: &'a [Mutex<T>], key: impl Hash) -> MutexGuard<'a, T> {
+        let index = usize::try_from(self.hasher.hash_one(key)).unwrap_or(0) % shards.len();
+        lock(&shards[index])
+    }
+
+    fn conversation_shard(&self, id: ConversationId) -> MutexGuard<'_, ConversationShard> {
+        self.shard(&self.conversations, id)
+    }
+
+    fn user_shard(&self, user: UserId) -> MutexGuard<'_, UserShard> {
+        self.shard(&self.users, user)
+    }
+
+    /// The conversations `user` reads: their direct ones and the named groups, in order.
+    fn visible(&self, user: UserId, groups: &[GroupId]) -> BTreeSet<ConversationId> {
+        let mut visible: BTreeSet<ConversationId> = self
+            .user_shard(user)
+            .direct
+            .get(&user)
+            .cloned()
+            .unwrap_or_default();
+        visible.extend(groups.iter().map(|group| ConversationId::Group(*group)));
+        visible
+    }
+
+    /// Stores `message` as of `now` (the dedup window's clock).
+    fn append_at(&self, message: NewMessage, now: Timestamp) -> Result<Appended> {
+        message.validate()?;
+        let conversation_id = message.conversation();
+        let mut retries = self.shard(&self.retries, message.sender);
+        retries.forget_before(now.minus(self.dedup_window));
+        let key = (message.sender, message.client_msg_id);
+        if let Some(original) = retries.by_key.get(&key) {
+            return Ok(Appended {
+                message: StoredMessage::clone(original),
+                duplicate: true,
+            });
+        }
+        let (stored, first) = {
+            let mut shard = self.conversation_shard(conversation_id);
+            let conversation = shard.conversations.entry(conversation_id).or_default();
+            let first = conversation.last_seq == Seq(0);
+            conversation.last_seq = Seq(conversation.last_seq.0 + 1);
+            let stored = Arc::new(StoredMessage {
+                id: MessageId(self.last_message_id.fetch_add(1, Ordering::Relaxed) + 1),
+                conversation: conversation_id,
+                seq: conversation.last_seq,
+                sender: message.sender,
+                to: message.to,
+                client_msg_id: key.1.clone(),
+                body: message.body,
+                sent_at: message.sent_at,
+            });
+            conversation
+                .messages
+                .insert(stored.seq, Arc::clone(&stored));
+            (stored, first)
+        };
+        match conversation_id {
+            ConversationId::Direct { low, high } if first => {
+                for user in [low, high] {
+                    let mut users = self.user_shard(user);
+                    users
+                        .direct
+                        .entry(user)
+                        .or_default()
+                        .insert(conversation_id);
+                }
+            }
+            ConversationId::Direct { .. } => {}
+            ConversationId::Group(_) => {
+                let mut users = self.user_shard(stored.sender);
+                let sent_to = users.sent_to_groups.entry(stored.sender).or_default();
+                if !sent_to.contains(&conversation_id) {
+                    sent_to.insert(conversation_id);
+                }
+            }
+        }
+        retries.by_key.insert(key, Arc::clone(&stored));
+        retries.by_age.push_back((now, Arc::clone(&stored)));
+        Ok(Appended {
+            message: StoredMessage::clone(&stored),
+            duplicate: false,
+        })
+    }
+
+    /// How many idempotency keys the store remembers now.
+    #[cfg(test)]
+    fn remembered_keys(&self) -> usize {
+        self.retries
+            .iter()
+            .map(|shard| lock(shard).by_key.len())
+            .sum()
+    }
+}
+
+/// [`SHARDS`] empty shards.
+fn shards<T: Default>() -> Box<[Mutex<T>]> {
+    (0..SHARDS).map(|_| Mutex::default()).collect()
+}
+
+/// Locks `mutex`. No operation panics half-way through a change, so a poisoned lock still
+/// guards a consistent state.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RetryShard {
+    /// Forgets the keys stored before `horizon`.
+    fn forget_before(&mut self, horizon: Timestamp) {
+        while let Some((stored_at, _)) = self.by_age.front() {
+            if *stored_at > horizon {
+                break;
+            }
+            if let Some((_, message)) = self.by_age.pop_front() {
+                self.by_key
+                    .remove(&(message.sender, message.client_msg_id.clone()));
+            }
+        }
     }
 }
 
 impl fmt::Debug for MemoryMessageStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.lock();
+        let (mut conversations, mut messages) = (0, 0);
+        for shard in self.conversations.iter() {
+            let shard = lock(shard);
+            conversations += shard.conversations.len();
+            messages += shard
+                .conversations
+                .values()
+                .map(|conversation| conversation.messages.len())
+                .sum::<usize>();
+        }
         f.debug_struct("MemoryMessageStore")
-            .field("conversations", &state.conversations.len())
-            .field("messages", &state.by_client_msg_id.len())
-            .field("scheduled", &state.scheduled.len())
+            .field("conversations", &conversations)
+            .field("messages", &messages)
+            .field("scheduled", &lock(&self.schedules).scheduled.len())
             .finish()
     }
 }
 
-impl State {
-    /// The conversations `user` reads: their direct ones and the named groups, in order.
-    fn visible(&self, user: UserId, groups: &[GroupId]) -> BTreeSet<ConversationId> {
-        let direct = self.direct.get(&user).into_iter().flatten().copied();
-        direct
-            .chain(groups.iter().map(|group| ConversationId::Group(*group)))
-            .collect()
-    }
-
+impl ConversationShard {
     fn delivered_up_to(&self, user: UserId, conversation: ConversationId) -> Seq {
         self.cursors
             .get(&(user, conversation))
@@ -172,51 +343,7 @@ impl MessageStore for MemoryMessageStore {
     }
 
     async fn append(&self, message: NewMessage) -> Result<Appended> {
-        message.validate()?;
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let key = (message.sender, message.client_msg_id.clone());
-        if let Some(original) = state.by_client_msg_id.get(&key) {
-            return Ok(Appended {
-                message: original.clone(),
-                duplicate: true,
-            });
-        }
-        state.last_message_id += 1;
-        let conversation_id = message.conversation();
-        let conversation = state.conversations.entry(conversation_id).or_default();
-        conversation.last_seq = Seq(conversation.last_seq.0 + 1);
-        let stored = StoredMessage {
-            id: MessageId(state.last_message_id),
-            conversation: conversation_id,
-            seq: conversation.last_seq,
-            sender: message.sender,
-            to: message.to,
-            client_msg_id: message.client_msg_id,
-            body: message.body,
-            sent_at: message.sent_at,
-        };
-        conversation.messages.insert(stored.seq, stored.clone());
-        match conversation_id {
-            ConversationId::Direct { low, high } => {
-                for user in [low, high] {
-                    state
-                        .direct
-                        .entry(user)
-                        .or_default()
-                        .insert(conversation_id);
-                }
-            }
-            ConversationId::Group(_) => {
-                let sent_to = state.sent_to_groups.entry(stored.sender).or_default();
-                sent_to.insert(conversation_id);
-            }
-        }
-        state.by_client_msg_id.insert(key, stored.clone());
-        Ok(Appended {
-            message: stored,
-            duplicate: false,
-        })
+        self.append_at(message, Timestamp::now())
     }
 
     async fn history(
@@ -225,29 +352,25 @@ impl MessageStore for MemoryMessageStore {
         query: HistoryQuery,
     ) -> Result<Vec<StoredMessage>> {
         let limit = page_size(query.limit)?;
-        let state = self.lock();
-        let Some(conversation) = state.conversations.get(&conversation) else {
+        let shard = self.conversation_shard(conversation);
+        let Some(conversation) = shard.conversations.get(&conversation) else {
             return Ok(Vec::new());
         };
         let log = &conversation.messages;
+        let copy = |(_, message): (&Seq, &Arc<StoredMessage>)| StoredMessage::clone(message);
         let slice = match (query.after, query.before) {
             (None, None) => {
-                let mut latest: Vec<_> = log.values().rev().take(limit).cloned().collect();
+                let mut latest: Vec<_> = log.iter().rev().take(limit).map(copy).collect();
                 latest.reverse();
                 latest
             }
             (Some(after), None) => log
                 .range((Bound::Excluded(after), Bound::Unbounded))
-                .map(|(_, message)| message.clone())
                 .take(limit)
+                .map(copy)
                 .collect(),
             (None, Some(before)) => {
-                let mut last: Vec<_> = log
-                    .range(..before)
-                    .rev()
-                    .map(|(_, message)| message.clone())
-                    .take(limit)
-                    .collect();
+                let mut last: Vec<_> = log.range(..before).rev().take(limit).map(copy).collect();
                 last.reverse();
                 last
             }
@@ -256,16 +379,16 @@ impl MessageStore for MemoryMessageStore {
             (Some(after), Some(before)) if after >= before => Vec::new(),
             (Some(after), Some(before)) => log
                 .range((Bound::Excluded(after), Bound::Excluded(before)))
-                .map(|(_, message)| message.clone())
                 .take(limit)
+                .map(copy)
                 .collect(),
         };
         Ok(slice)
     }
 
     async fn last_seq(&self, conversation: ConversationId) -> Result<Seq> {
-        let state = self.lock();
-        Ok(state
+        let shard = self.conversation_shard(conversation);
+        Ok(shard
             .conversations
             .get(&conversation)
             .map_or(Seq(0), |conversation| conversation.last_seq))
@@ -280,36 +403,46 @@ impl MessageStore for MemoryMessageStore {
     ) -> Result<Page<StoredMessage>> {
         let limit = page_size(limit)?;
         let resume = cursor.map(parse_pending_cursor).transpose()?;
-        let state = self.lock();
-        let conversations = state.visible(user, groups);
+        let conversations = self.visible(user, groups);
         let start = resume.map_or(Bound::Unbounded, |(conversation, _)| {
             Bound::Included(conversation)
         });
-        let mut pending = conversations
-            .range((start, Bound::Unbounded))
-            .filter_map(|id| Some((*id, state.conversations.get(id)?)))
-            .flat_map(|(id, conversation)| {
-                let mut after = state.delivered_up_to(user, id);
-                if let Some((resumed, seq)) = resume
-                    && resumed == id
-                {
-                    after = after.max(seq);
-                }
+        // One more than a page, to tell whether another page follows.
+        let mut items: Vec<StoredMessage> = Vec::new();
+        for &id in conversations.range((start, Bound::Unbounded)) {
+            let shard = self.conversation_shard(id);
+            let Some(conversation) = shard.conversations.get(&id) else {
+                continue;
+            };
+            let mut after = shard.delivered_up_to(user, id);
+            if let Some((resumed, seq)) = resume
+                && resumed == id
+            {
+                after = after.max(seq);
+            }
+            let wanted = limit + 1 - items.len();
+            items.extend(
                 conversation
                     .messages
                     .range((Bound::Excluded(after), Bound::Unbounded))
                     .map(|(_, message)| message)
-            })
-            .filter(|message| message.sender != user);
-        let items: Vec<StoredMessage> = pending.by_ref().take(limit).cloned().collect();
-        let more = pending.next().is_some();
+                    .filter(|message| message.sender != user)
+                    .take(wanted)
+                    .map(|message| StoredMessage::clone(message)),
+            );
+            if items.len() > limit {
+                break;
+            }
+        }
+        let more = items.len() > limit;
+        items.truncate(limit);
         let next = items.last().filter(|_| more).map(pending_cursor);
         Ok(Page { items, next })
     }
 
     async fn ack(&self, user: UserId, conversation: ConversationId, up_to: Seq) -> Result<()> {
-        let mut state = self.lock();
-        let last = state
+        let mut shard = self.conversation_shard(conversation);
+        let last = shard
             .conversations
             .get(&conversation)
             .map_or(Seq(0), |conversation| conversation.last_seq);
@@ -318,13 +451,15 @@ impl MessageStore for MemoryMessageStore {
                 "cannot acknowledge {conversation} up to {up_to}: its last message is {last}"
             )));
         }
-        let cursor = state.cursors.entry((user, conversation)).or_insert(Seq(0));
+        let cursor = shard.cursors.entry((user, conversation)).or_insert(Seq(0));
         *cursor = (*cursor).max(up_to);
         Ok(())
     }
 
     async fn delivered_up_to(&self, user: UserId, conversation: ConversationId) -> Result<Seq> {
-        Ok(self.lock().delivered_up_to(user, conversation))
+        Ok(self
+            .conversation_shard(conversation)
+            .delivered_up_to(user, conversation))
     }
 
     async fn search(
@@ -338,21 +473,35 @@ impl MessageStore for MemoryMessageStore {
         let limit = page_size(limit)?;
         let words = crate::message_store::search_words(query)?;
         let before = cursor.map(parse_search_cursor).transpose()?;
-        let state = self.lock();
-        let readable = state.visible(user, groups);
-        let sent_to = state.sent_to_groups.get(&user).into_iter().flatten();
-        let searched: BTreeSet<ConversationId> = readable.iter().chain(sent_to).copied().collect();
-        let mut found: Vec<&StoredMessage> = searched
-            .iter()
-            .filter_map(|id| state.conversations.get(id))
-            .flat_map(|conversation| conversation.messages.values())
-            .filter(|message| message.sender == user || readable.contains(&message.conversation))
-            .filter(|message| before.is_none_or(|before| message.id < before))
-            .filter(|message| {
-                let body = message.body.to_lowercase();
-                words.iter().all(|word| body.contains(word.as_str()))
-            })
-            .collect();
+        let readable = self.visible(user, groups);
+        let sent_to = self
+            .user_shard(user)
+            .sent_to_groups
+            .get(&user)
+            .cloned()
+            .unwrap_or_default();
+        let searched: BTreeSet<ConversationId> = readable.iter().chain(&sent_to).copied().collect();
+        let mut found: Vec<Arc<StoredMessage>> = Vec::new();
+        for id in searched {
+            let shard = self.conversation_shard(id);
+            let Some(conversation) = shard.conversations.get(&id) else {
+                continue;
+            };
+            found.extend(
+                conversation
+                    .messages
+                    .values()
+                    .filter(|message| {
+                        message.sender == user || readable.contains(&message.conversation)
+                    })
+                    .filter(|message| before.is_none_or(|before| message.id < before))
+                    .filter(|message| {
+                        let body = message.body.to_lowercase();
+                        words.iter().all(|word| body.contains(word.as_str()))
+                    })
+                    .cloned(),
+            );
+        }
         found.sort_unstable_by_key(|message| Reverse(message.id));
         let more = found.len() > limit;
         found.truncate(limit);
@@ -361,32 +510,34 @@ impl MessageStore for MemoryMessageStore {
             .filter(|_| more)
             .map(|message| Cursor(message.id.to_string()));
         Ok(Page {
-            items: found.into_iter().cloned().collect(),
+            items: found
+                .iter()
+                .map(|message| StoredMessage::clone(message))
+                .collect(),
             next,
         })
     }
 
     async fn delete_before(&self, cutoff: Timestamp) -> Result<u64> {
-        let mut guard = self.lock();
-        let state = &mut *guard;
+        // A deleted message's retries are still recognised for the dedup window: the index
+        // shares the message and forgets it in its own time.
         let mut deleted = 0;
-        for conversation in state.conversations.values_mut() {
-            conversation.messages.retain(|_, message| {
-                if message.sent_at >= cutoff {
-                    return true;
-                }
-                let key = (message.sender, message.client_msg_id.clone());
-                state.by_client_msg_id.remove(&key);
-                deleted += 1;
-                false
-            });
+        for shard in self.conversations.iter() {
+            let mut shard = lock(shard);
+            for conversation in shard.conversations.values_mut() {
+                let before = conversation.messages.len();
+                conversation
+                    .messages
+                    .retain(|_, message| message.sent_at >= cutoff);
+                deleted += (before - conversation.messages.len()) as u64;
+            }
         }
         Ok(deleted)
     }
 
     async fn schedule(&self, message: NewMessage, deliver_at: Timestamp) -> Result<Scheduled> {
         message.validate()?;
-        let mut state = self.lock();
+        let mut state = lock(&self.schedules);
         state.forget_finished(Timestamp::now());
         let key = (message.sender, message.client_msg_id.clone());
         if let Some(first) = state
@@ -428,7 +579,7 @@ impl MessageStore for MemoryMessageStore {
     ) -> Result<Vec<ScheduledMessage>> {
         let limit = page_size(limit)?;
         let claimed_until = now.plus(claim_for);
-        let mut state = self.lock();
+        let mut state = lock(&self.schedules);
         let mut due: Vec<&mut Entry> = state
             .scheduled
             .values_mut()
@@ -447,7 +598,7 @@ impl MessageStore for MemoryMessageStore {
     }
 
     async fn finish_scheduled(&self, id: ScheduledId) -> Result<()> {
-        let mut state = self.lock();
+        let mut state = lock(&self.schedules);
         match state.scheduled.get_mut(&id) {
             Some(entry) if !entry.finished => {
                 entry.finished = true;
@@ -461,10 +612,10 @@ impl MessageStore for MemoryMessageStore {
     }
 }
 
-impl State {
+impl Schedules {
     /// Drops the finished entries whose dedup window has passed.
     fn forget_finished(&mut self, now: Timestamp) {
-        let horizon = now.minus(crate::message_store::DEDUP_WINDOW);
+        let horizon = now.minus(DEDUP_WINDOW);
         while let Some(&(finished_at, id)) = self.finished.front() {
             if finished_at > horizon {
                 break;
@@ -501,5 +652,62 @@ mod tests {
         let err = factory.build(options).await.err().expect("unknown key");
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.message().contains("url"), "{err}");
+    }
+
+    fn message(sender: u64, client_msg_id: &str) -> NewMessage {
+        NewMessage {
+            sender: UserId(sender),
+            to: crate::Recipient::User(UserId(sender + 1)),
+            client_msg_id: client_msg_id.into(),
+            body: "hello".into(),
+            sent_at: Timestamp::now(),
+        }
+    }
+
+    #[test]
+    fn retries_are_recognised_within_the_dedup_window_and_forgotten_after_it() {
+        let window = Duration::from_secs(60);
+        let store = MemoryMessageStore::with_dedup_window(window);
+        let t0 = Timestamp::now();
+        let first = store.append_at(message(1, "a"), t0).expect("append");
+        assert!(!first.duplicate);
+
+        let almost = t0.plus(window - Duration::from_millis(1));
+        let retry = store.append_at(message(1, "a"), almost).expect("retry");
+        assert!(retry.duplicate, "a retry inside the window is a duplicate");
+        assert_eq!(retry.message, first.message);
+
+        // Past the window, the first key is forgotten (a little at each append)...
+        let after = t0.plus(window + Duration::from_millis(1));
+        store.append_at(message(1, "b"), after).expect("append");
+        assert_eq!(store.remembered_keys(), 1, "only the fresh key is kept");
+        // ... so the same key now stores a new message, with the next sequence.
+        let late = store.append_at(message(1, "a"), after).expect("late retry");
+        assert!(!late.duplicate);
+        assert_eq!(late.message.seq, Seq(3));
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_a_message_retention_deleted_is_still_recognised() {
+        let store = MemoryMessageStore::new();
+        let first = store.append(message(1, "a")).await.expect("append");
+        let cutoff = first.message.sent_at.plus(Duration::from_millis(1));
+        assert_eq!(store.delete_before(cutoff).await.expect("delete"), 1);
+        let retry = store.append(message(1, "a")).await.expect("retry");
+        assert!(retry.duplicate);
+        assert_eq!(retry.message.id, first.message.id);
+        let history = HistoryQuery {
+            after: None,
+            before: None,
+            limit: 10,
+        };
+        let conversation = first.message.conversation;
+        assert!(
+            store
+                .history(conversation, history)
+                .await
+                .expect("history")
+                .is_empty()
+        );
     }
 }

@@ -25,10 +25,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::FromRow;
+use sqlx::{FromRow, SqliteConnection};
 
 use super::SqliteStore;
 use super::columns::{conversation, int, recipient, recipient_columns, unsigned};
+use super::commit::{Write, Written};
 use super::error::During;
 use crate::paging::{
     checked_limit, fetch_size, id_cursor, into_page, parse_pending_cursor, pending_cursor,
@@ -171,6 +172,132 @@ fn fts_query(words: &[String]) -> Option<String> {
     (!phrases.is_empty()).then(|| phrases.join(" "))
 }
 
+/// Appends `message` (validated) inside `tx`, the group commit's transaction: `Err` for a
+/// failed statement (the transaction must be rolled back), otherwise the append's result.
+pub(super) async fn append_in(
+    tx: &mut SqliteConnection,
+    message: &NewMessage,
+) -> Result<Result<Appended>> {
+    const OPERATION: &str = "append";
+    let conversation = message.conversation();
+    let conversation_text = conversation.to_string();
+    let original: Option<MessageRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE sender = ? AND client_msg_id = ?"
+    ))
+    .bind(int(message.sender.0))
+    .bind(&message.client_msg_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .during(OPERATION)?;
+    if let Some(original) = original {
+        return Ok(original.into_message().map(|message| Appended {
+            message,
+            duplicate: true,
+        }));
+    }
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO conversations (id, last_seq) VALUES (?, 1) \
+         ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+    )
+    .bind(&conversation_text)
+    .fetch_one(&mut *tx)
+    .await
+    .during(OPERATION)?;
+    if let (1, ConversationId::Direct { low, high }) = (seq, conversation) {
+        for user in [low, high] {
+            sqlx::query(
+                "INSERT INTO participants (user_id, conversation) VALUES (?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(int(user.0))
+            .bind(&conversation_text)
+            .execute(&mut *tx)
+            .await
+            .during(OPERATION)?;
+        }
+    }
+    let (to_kind, to_id) = recipient_columns(message.to);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO messages (conversation, seq, sender, to_kind, to_id, client_msg_id, \
+         body, body_folded, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&conversation_text)
+    .bind(seq)
+    .bind(int(message.sender.0))
+    .bind(to_kind)
+    .bind(to_id)
+    .bind(&message.client_msg_id)
+    .bind(&message.body)
+    .bind(message.body.to_lowercase())
+    .bind(message.sent_at.as_millis())
+    .fetch_one(&mut *tx)
+    .await
+    .during(OPERATION)?;
+    // A row this store cannot read back is no append to acknowledge: roll it back.
+    let message = StoredMessage {
+        id: MessageId(unsigned(id, "messages.id")?),
+        conversation,
+        seq: Seq(unsigned(seq, "conversations.last_seq")?),
+        sender: message.sender,
+        to: message.to,
+        client_msg_id: message.client_msg_id.clone(),
+        body: message.body.clone(),
+        sent_at: message.sent_at,
+    };
+    Ok(Ok(Appended {
+        message,
+        duplicate: false,
+    }))
+}
+
+/// Moves `user`'s cursor in `conversation` up to `up_to` inside `tx` (see [`append_in`]).
+pub(super) async fn ack_in(
+    tx: &mut SqliteConnection,
+    user: UserId,
+    conversation: ConversationId,
+    up_to: Seq,
+) -> Result<Result<()>> {
+    // One statement: the cursor moves only if `up_to` is within the conversation, and only
+    // forward.
+    let conversation_text = conversation.to_string();
+    let done = sqlx::query(
+        "INSERT INTO cursors (user_id, conversation, seq) \
+         SELECT ?1, ?2, ?3 \
+         WHERE ?3 <= COALESCE((SELECT last_seq FROM conversations WHERE id = ?2), 0) \
+         ON CONFLICT (user_id, conversation) DO UPDATE SET seq = max(seq, excluded.seq)",
+    )
+    .bind(int(user.0))
+    .bind(&conversation_text)
+    .bind(int(up_to.0))
+    .execute(&mut *tx)
+    .await
+    .during("ack")?;
+    if done.rows_affected() > 0 {
+        return Ok(Ok(()));
+    }
+    let last: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
+        .bind(&conversation_text)
+        .fetch_optional(&mut *tx)
+        .await
+        .during("ack")?;
+    let last = Seq(unsigned(last.unwrap_or(0), "conversations.last_seq")?);
+    Ok(Err(Error::invalid_input(format!(
+        "cannot acknowledge {conversation} up to {up_to}: its last message is {last}"
+    ))))
+}
+
+/// What the writer answered an append with.
+fn appended(written: Result<Written>) -> Result<Appended> {
+    match written? {
+        Written::Appended(appended) => Ok(appended),
+        Written::Acked => Err(Error::internal(
+            "the SQLite writer answered an append with an ack",
+        )),
+    }
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     fn capabilities(&self) -> MessageCapabilities {
@@ -178,84 +305,28 @@ impl MessageStore for SqliteStore {
     }
 
     async fn append(&self, message: NewMessage) -> Result<Appended> {
-        const OPERATION: &str = "append";
         message.validate()?;
-        let conversation = message.conversation();
-        let conversation_text = conversation.to_string();
-        let mut tx = self
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .during(OPERATION)?;
-        let original: Option<MessageRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE sender = ? AND client_msg_id = ?"
-        ))
-        .bind(int(message.sender.0))
-        .bind(&message.client_msg_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .during(OPERATION)?;
-        if let Some(original) = original {
-            tx.rollback().await.during(OPERATION)?;
-            return Ok(Appended {
-                message: original.into_message()?,
-                duplicate: true,
+        appended(self.committer().write(Write::Append(message)).await)
+    }
+
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        // Every valid message is queued before any answer is awaited, in order, so that the
+        // writer commits the batch together.
+        let mut queued = Vec::with_capacity(messages.len());
+        for message in messages {
+            queued.push(match message.validate() {
+                Ok(()) => Ok(self.committer().queue(Write::Append(message)).await),
+                Err(e) => Err(e),
             });
         }
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO conversations (id, last_seq) VALUES (?, 1) \
-             ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
-        )
-        .bind(&conversation_text)
-        .fetch_one(&mut *tx)
-        .await
-        .during(OPERATION)?;
-        if let (1, ConversationId::Direct { low, high }) = (seq, conversation) {
-            for user in [low, high] {
-                sqlx::query(
-                    "INSERT INTO participants (user_id, conversation) VALUES (?, ?) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(int(user.0))
-                .bind(&conversation_text)
-                .execute(&mut *tx)
-                .await
-                .during(OPERATION)?;
-            }
+        let mut results = Vec::with_capacity(queued.len());
+        for queued in queued {
+            results.push(match queued {
+                Ok(answer) => appended(answer.await),
+                Err(e) => Err(e),
+            });
         }
-        let (to_kind, to_id) = recipient_columns(message.to);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (conversation, seq, sender, to_kind, to_id, client_msg_id, \
-             body, body_folded, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&conversation_text)
-        .bind(seq)
-        .bind(int(message.sender.0))
-        .bind(to_kind)
-        .bind(to_id)
-        .bind(&message.client_msg_id)
-        .bind(&message.body)
-        .bind(message.body.to_lowercase())
-        .bind(message.sent_at.as_millis())
-        .fetch_one(&mut *tx)
-        .await
-        .during(OPERATION)?;
-        tx.commit().await.during(OPERATION)?;
-        Ok(Appended {
-            message: StoredMessage {
-                id: MessageId(unsigned(id, "messages.id")?),
-                conversation,
-                seq: Seq(unsigned(seq, "conversations.last_seq")?),
-                sender: message.sender,
-                to: message.to,
-                client_msg_id: message.client_msg_id,
-                body: message.body,
-                sent_at: message.sent_at,
-            },
-            duplicate: false,
-        })
+        results
     }
 
     async fn history(
@@ -352,27 +423,17 @@ impl MessageStore for SqliteStore {
     }
 
     async fn ack(&self, user: UserId, conversation: ConversationId, up_to: Seq) -> Result<()> {
-        // One statement: the cursor moves only if `up_to` is within the conversation, and
-        // only forward.
-        let done = sqlx::query(
-            "INSERT INTO cursors (user_id, conversation, seq) \
-             SELECT ?1, ?2, ?3 \
-             WHERE ?3 <= COALESCE((SELECT last_seq FROM conversations WHERE id = ?2), 0) \
-             ON CONFLICT (user_id, conversation) DO UPDATE SET seq = max(seq, excluded.seq)",
-        )
-        .bind(int(user.0))
-        .bind(conversation.to_string())
-        .bind(int(up_to.0))
-        .execute(self.pool())
-        .await
-        .during("ack")?;
-        if done.rows_affected() == 0 {
-            let last = self.last_seq(conversation).await?;
-            return Err(Error::invalid_input(format!(
-                "cannot acknowledge {conversation} up to {up_to}: its last message is {last}"
-            )));
+        let write = Write::Ack {
+            user,
+            conversation,
+            up_to,
+        };
+        match self.committer().write(write).await? {
+            Written::Acked => Ok(()),
+            Written::Appended(_) => Err(Error::internal(
+                "the SQLite writer answered an ack with an append",
+            )),
         }
-        Ok(())
     }
 
     async fn delivered_up_to(&self, user: UserId, conversation: ConversationId) -> Result<Seq> {

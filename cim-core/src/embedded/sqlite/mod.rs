@@ -20,6 +20,9 @@
 //! - **WAL, `synchronous = FULL`, 5 s busy timeout, foreign keys on.** Readers never block the
 //!   writer; a commit is on disk when `append` returns (the `durable` capability); a writer
 //!   waits for another instead of failing at once.
+//! - **Appends and acks are committed in groups** by one writer task (the `commit` module):
+//!   many per transaction, each acknowledged only after the commit that holds it, so the node
+//!   is durable without paying a disk flush per message.
 //! - **Every multi-statement write runs in `BEGIN IMMEDIATE`**, which takes the write lock up
 //!   front. A deferred transaction that reads then writes can fail with `SQLITE_BUSY` without
 //!   waiting, when another connection committed in between; an immediate one just queues. That
@@ -33,6 +36,7 @@
 
 mod accounts;
 mod columns;
+mod commit;
 mod error;
 mod messages;
 
@@ -48,6 +52,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::Mutex;
 
+use self::commit::Committer;
 use crate::registry::{AccountStoreFactory, BackendOptions, BuildFuture, MessageStoreFactory};
 use crate::{AccountStore, Error, MessageStore, Result};
 
@@ -100,6 +105,8 @@ pub struct SqliteStore {
 
 struct Shared {
     pool: SqlitePool,
+    /// The group commit of appends and acks (see the `commit` module).
+    committer: Committer,
     path: PathBuf,
 }
 
@@ -117,11 +124,14 @@ impl SqliteStore {
         open_files.retain(|_, shared| shared.strong_count() > 0);
         if let Some(shared) = open_files.get(&path).and_then(Weak::upgrade)
             && !shared.pool.is_closed()
+            && shared.committer.is_running()
         {
             return Ok(SqliteStore { shared });
         }
+        let pool = connect(&path).await?;
         let shared = Arc::new(Shared {
-            pool: connect(&path).await?,
+            committer: Committer::start(pool.clone()),
+            pool,
             path: path.clone(),
         });
         open_files.insert(path, Arc::downgrade(&shared));
@@ -143,6 +153,10 @@ impl SqliteStore {
 
     fn pool(&self) -> &SqlitePool {
         &self.shared.pool
+    }
+
+    fn committer(&self) -> &Committer {
+        &self.shared.committer
     }
 }
 
