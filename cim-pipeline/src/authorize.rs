@@ -8,7 +8,7 @@
 //!
 //! Checked on every message, at one store look-up each ([`AccountStore::is_member`] for a
 //! group), except for users known to exist: accounts are never deleted, so once a user is
-//! found, later messages to them skip the look-up ([`KnownUsers`]).
+//! found, later messages to them skip the look-up (`KnownUsers`).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};

@@ -30,6 +30,11 @@ pub enum Control {
     /// Live deliveries may have been missed (the session had lapsed in the store, so senders
     /// saw the user offline): send again, from the store, what the connection has not sent.
     Resync,
+    /// Live deliveries may have been lost with another server (it died or restarted with
+    /// fan-outs in flight): catch up from the store soon, at a random moment within a few
+    /// seconds so that a server's connections do not all read the store at once, while live
+    /// deliveries go on.
+    CatchUp,
 }
 
 /// How the rest of the server reaches one connection's task.
@@ -190,6 +195,16 @@ impl LocalConnections {
             .get(&user)
             .and_then(|handles| handles.iter().find(|handle| handle.id == id))
             .is_some_and(|handle| handle.control.try_send(Control::Resync).is_ok())
+    }
+
+    /// Tells every connection to catch up from the store ([`Control::CatchUp`]); how many
+    /// were told (a connection whose control queue is full has an order pending already).
+    pub fn catch_up_all(&self) -> usize {
+        self.read()
+            .values()
+            .flatten()
+            .filter(|handle| handle.control.try_send(Control::CatchUp).is_ok())
+            .count()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, Vec<ConnectionHandle>>> {

@@ -58,6 +58,9 @@ use crate::wire::{
     kicked_frame, undeliverable_frame,
 };
 
+/// How far apart a server's connections catch up after another server died: each picks a
+/// moment at random within this time, so the store is not read for all of them at once.
+const CATCH_UP_SPREAD: Duration = Duration::from_secs(3);
 /// The first and the longest wait before a connection syncs again after a failed check.
 const MIN_RESYNC_WAIT: Duration = Duration::from_millis(500);
 const MAX_RESYNC_WAIT: Duration = Duration::from_secs(15);
@@ -131,6 +134,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
         delivered: HashMap::new(),
         resync_at: None,
         resync_backoff: MIN_RESYNC_WAIT,
+        catch_up_at: None,
     };
     let last = connection.run(session.clone()).await;
     shared.local.unregister(session.user_id, connection_id);
@@ -258,6 +262,9 @@ struct Connection {
     resync_at: Option<Instant>,
     /// The wait before the next resync after one failed.
     resync_backoff: Duration,
+    /// When to catch up from the store because another server died with fan-outs in flight;
+    /// live deliveries go on meanwhile.
+    catch_up_at: Option<Instant>,
 }
 
 /// Why a sync stopped.
@@ -408,7 +415,7 @@ impl Connection {
             }
             match self.control.try_recv() {
                 // This very sync covers what the order is about.
-                Ok(Control::Resync) | Err(_) => {}
+                Ok(Control::Resync | Control::CatchUp) | Err(_) => {}
                 Ok(control) => return Err(SyncFailed::End(control_frame(control))),
             }
             if self.shared.shutdown.is_cancelled() {
@@ -448,7 +455,14 @@ impl Connection {
                     Step::Close(Some(kicked_frame(KickReason::ServerShutdown)))
                 }
                 control = self.control.recv() => match control {
-                    Some(Control::Resync) => self.resync().await,
+                    Some(Control::Resync) => {
+                        tracing::info!(user = %self.user, "syncing a live connection again");
+                        self.resync().await
+                    }
+                    Some(Control::CatchUp) => {
+                        self.schedule_catch_up();
+                        Step::Continue
+                    }
                     Some(control) => Step::Close(control_frame(control)),
                     None => Step::Close(None),
                 },
@@ -465,6 +479,11 @@ impl Connection {
                 },
                 Some(delivery) = self.deliveries.recv() => self.send_live(Some(delivery)).await,
                 () = sleep_until(self.resync_at.unwrap_or(self.token_expires)), if self.resync_at.is_some() => {
+                    self.resync().await
+                }
+                () = sleep_until(self.catch_up_at.unwrap_or(self.token_expires)), if self.catch_up_at.is_some() => {
+                    tracing::debug!(user = %self.user, "catching up after another server's death");
+                    self.catch_up_at = None;
                     self.resync().await
                 }
             };
@@ -538,7 +557,6 @@ impl Connection {
     /// senders may have seen the user offline): what the store holds for the user and this
     /// connection has not sent.
     async fn resync(&mut self) -> Step {
-        tracing::info!(user = %self.user, "syncing a live connection again");
         self.resync_at = None;
         match Box::pin(self.sync()).await {
             Ok(held) => {
@@ -552,6 +570,18 @@ impl Connection {
                 Step::Continue
             }
             Err(SyncFailed::End(last)) => Step::Close(last),
+        }
+    }
+
+    /// Catches up from the store at a random moment within [`CATCH_UP_SPREAD`] (unless a catch-up
+    /// is due already).
+    fn schedule_catch_up(&mut self) {
+        if self.catch_up_at.is_none() {
+            let spread = u64::try_from(CATCH_UP_SPREAD.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let wait = Duration::from_millis(rand::random::<u64>() % spread);
+            self.catch_up_at = Some(Instant::now() + wait);
         }
     }
 
@@ -1039,7 +1069,7 @@ fn control_frame(control: Control) -> Last {
     match control {
         Control::Kick(reason) => Some(kicked_frame(reason)),
         Control::Slow => Some(slow_frame()),
-        Control::Resync => None,
+        Control::Resync | Control::CatchUp => None,
     }
 }
 

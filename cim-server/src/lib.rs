@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 pub mod config;
 mod connection;
 mod internal;

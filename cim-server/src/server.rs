@@ -12,18 +12,14 @@
 //! [`RunningServer`] instead aborts every task at once, exactly like a crash: the registration
 //! lease and the sessions then expire on their own, which is what failover tests need to see.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cim_core::token::TokenKey;
-use cim_core::{
-    Error, ErrorKind, MetaEvent, NameRules, Registration, Result, ServerId, ServerInfo, Stores,
-};
+use cim_core::{Error, ErrorKind, NameRules, Registration, Result, ServerId, ServerInfo, Stores};
 use cim_pipeline::admission::{self, ConnectionLimit};
 use cim_pipeline::{LimitsConfig, LocalConnections, PeerPool, Pipeline};
-use futures::StreamExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
@@ -31,13 +27,10 @@ use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::{connection, internal, scheduler, sessions};
+use crate::{cluster, connection, internal, scheduler, sessions};
 
 /// How long to wait before registering again while an old registration of this id lives.
 const REGISTER_RETRY: Duration = Duration::from_millis(250);
-/// How long to wait before watching the MetaStore again after the watch failed or ended; also
-/// the polling period of a MetaStore that cannot watch.
-const REWATCH_DELAY: Duration = Duration::from_secs(1);
 /// How long to pause accepting after the listener failed (out of file descriptors, say).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -143,7 +136,10 @@ impl ServerBuilder {
         let client_addr = local_addr(&clients)?;
         let internal_addr = local_addr(&internal)?;
         let host = config.resolve_advertised_host(client_addr)?;
-        let info = ServerInfo::new(id.clone(), host, client_addr.port(), internal_addr.port());
+        let info = ServerInfo {
+            incarnation: rand::random(),
+            ..ServerInfo::new(id.clone(), host, client_addr.port(), internal_addr.port())
+        };
         let registration = register(&stores, info.clone(), config.register_wait).await?;
 
         let local = Arc::new(LocalConnections::new(id.clone()));
@@ -190,7 +186,7 @@ impl ServerBuilder {
             admission.clone(),
             internal::serve,
         ));
-        tasks.spawn(watch_cluster(Arc::clone(&shared)));
+        tasks.spawn(cluster::watch(Arc::clone(&shared)));
         tasks.spawn(sessions::refresh(Arc::clone(&shared)));
         tasks.spawn(report_load(
             Arc::clone(&shared),
@@ -407,52 +403,6 @@ async fn accept_loop<F, Fut>(
     .await;
     if drained.is_err() {
         connections.abort_all();
-    }
-}
-
-/// Keeps the peer pool's server list equal to the MetaStore's live servers.
-async fn watch_cluster(shared: Arc<Shared>) {
-    let meta = Arc::clone(&shared.stores.meta);
-    let follow = async {
-        loop {
-            if meta.capabilities().watch {
-                match meta.watch().await {
-                    Ok(mut events) => {
-                        let mut servers = BTreeMap::new();
-                        while let Some(event) = events.next().await {
-                            match event {
-                                Ok(MetaEvent::Snapshot(all)) => {
-                                    servers = all.into_iter().map(|s| (s.id.clone(), s)).collect();
-                                }
-                                Ok(MetaEvent::Added(info) | MetaEvent::Updated(info)) => {
-                                    servers.insert(info.id.clone(), info);
-                                }
-                                Ok(MetaEvent::Removed(id)) => {
-                                    servers.remove(&id);
-                                }
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "cluster watch hiccup");
-                                    continue;
-                                }
-                            }
-                            let list: Vec<ServerInfo> = servers.values().cloned().collect();
-                            shared.pool.set_servers(&list);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot watch the cluster"),
-                }
-            } else {
-                match meta.list().await {
-                    Ok(list) => shared.pool.set_servers(&list),
-                    Err(e) => tracing::warn!(error = %e, "cannot list the cluster"),
-                }
-            }
-            sleep(REWATCH_DELAY).await;
-        }
-    };
-    tokio::select! {
-        _ = shared.shutdown.cancelled() => {}
-        () = follow => {}
     }
 }
 

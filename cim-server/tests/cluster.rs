@@ -278,3 +278,45 @@ async fn a_dispatcher_without_connections_reaches_users_on_every_server() {
     assert_eq!(carol_client.expect_deliver().await.body, "everyone");
     assert!(carol_client.ping_barrier().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_message_whose_server_crashed_before_its_fan_out_reaches_a_recipient_connected_elsewhere()
+{
+    let cluster = Cluster::memory();
+    let s1 = cluster.start("s1").await;
+    let s2 = cluster.start("s2").await;
+    wait_for_cluster(&[&s1, &s2]).await;
+    let (alice, _) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut bob_client = TestClient::login(s2.client_addr(), &bob_token).await;
+    bob_client.ping_barrier().await;
+
+    // What s1 did before it died: it stored alice's message (and acknowledged it to her), but
+    // its fan-out never ran.
+    let stored = cluster
+        .stores
+        .messages
+        .append(NewMessage {
+            sender: alice,
+            to: Recipient::User(bob),
+            client_msg_id: "stored-then-crashed".into(),
+            body: "did you get this?".into(),
+            sent_at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    drop(s1);
+    assert_eq!(
+        bob_client.next_within(Duration::from_millis(300)).await,
+        None,
+        "nothing was fanned out"
+    );
+
+    // s1's lease expires; s2 sees it gone and bob's connection catches up from the store,
+    // without a reconnect.
+    let deliver = timeout(WAIT, bob_client.expect_deliver())
+        .await
+        .expect("bob catches up after s1's death");
+    assert_eq!(deliver.seq, stored.message.seq.0);
+    assert_eq!(deliver.body, "did you get this?");
+}

@@ -32,6 +32,11 @@ pub struct ServerInfo {
     /// Free-form labels (zone, rack, build...).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Drawn at random each time the server starts (0 in a registration of an older cim): a
+    /// new value under the same id means the server restarted, and whatever it had in flight
+    /// (fan-outs of messages it had stored and acknowledged) is gone with its old process.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 fn default_weight() -> u32 {
@@ -39,7 +44,7 @@ fn default_weight() -> u32 {
 }
 
 impl ServerInfo {
-    /// A registration with default weight, zero load and no metadata.
+    /// A registration with default weight, zero load, no metadata and incarnation 0.
     pub fn new(
         id: ServerId,
         host: impl Into<String>,
@@ -56,6 +61,7 @@ impl ServerInfo {
             weight: default_weight(),
             load: 0,
             metadata: BTreeMap::new(),
+            incarnation: 0,
         }
     }
 }
