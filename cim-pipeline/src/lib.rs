@@ -44,6 +44,7 @@
 
 pub mod admission;
 pub mod authorize;
+pub mod batch;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
@@ -61,6 +62,7 @@ use cim_core::{
 };
 use tokio::time::Instant;
 
+pub use batch::Gather;
 pub use config::{BroadcastAllow, BroadcastConfig, LimitsConfig};
 pub use delivery::Delivery;
 pub use dispatch::Dispatcher;
@@ -164,39 +166,27 @@ impl Pipeline {
         requests: Vec<SendRequest>,
     ) -> Vec<Result<Accepted>> {
         let inner = &self.inner;
-        let mut results: Vec<Option<Result<Accepted>>> = Vec::with_capacity(requests.len());
+        let mut results = Gather::with_capacity(requests.len());
         let mut admitted = Vec::new();
-        let mut positions = Vec::new();
         for request in requests {
             match self.admit(sender, request).await {
                 Ok(valid) => {
-                    positions.push(results.len());
-                    results.push(None);
+                    results.deferred();
                     admitted.push(valid);
                 }
-                Err(e) => results.push(Some(Err(e))),
+                Err(e) => results.decided(Err(e)),
             }
         }
         let accepted = store::accept_all(inner.stores.messages.as_ref(), admitted).await;
-        for (position, accepted) in positions.into_iter().zip(accepted) {
-            if let Ok(Accepted::Stored { message, .. }) = &accepted {
+        for accepted in &accepted {
+            if let Ok(Accepted::Stored { message, .. }) = accepted {
                 inner
                     .dispatcher
                     .enqueue(Arc::clone(message), Arc::clone(&sender.name))
                     .await;
             }
-            results[position] = Some(accepted);
         }
-        results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| {
-                    Err(cim_core::Error::internal(
-                        "the store stage answered fewer messages than it was given",
-                    ))
-                })
-            })
-            .collect()
+        results.finish(accepted)
     }
 
     /// The stages before the store: validate, rate-limit, authorise.

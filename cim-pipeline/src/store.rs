@@ -6,15 +6,15 @@
 //! is acknowledged and dispatched again (its first attempt may have been stored by a process
 //! that died before delivering it; recipients drop what they already have), or with the first
 //! schedule entry, acknowledged the same way again.
-
 //!
 //! A batch (the sends a connection read at once) is stored together: its appends go to the
 //! store in one [`MessageStore::append_all`], which a backend may commit as one (SQLite does).
 
 use std::sync::Arc;
 
-use cim_core::{Error, MessageStore, Result};
+use cim_core::{MessageStore, Result};
 
+use crate::batch::Gather;
 use crate::message::Accepted;
 use crate::validate::Valid;
 
@@ -24,44 +24,32 @@ pub(crate) async fn accept_all(
     messages: &dyn MessageStore,
     valid: Vec<Valid>,
 ) -> Vec<Result<Accepted>> {
-    let mut results: Vec<Option<Result<Accepted>>> = Vec::with_capacity(valid.len());
+    let mut results = Gather::with_capacity(valid.len());
     let mut appends = Vec::new();
-    let mut positions = Vec::new();
     for valid in valid {
         match valid.deliver_at {
             Some(at) => {
                 let scheduled = messages.schedule(valid.message, at).await;
-                results.push(Some(scheduled.map(|scheduled| Accepted::Scheduled {
+                results.decided(scheduled.map(|scheduled| Accepted::Scheduled {
                     entry: scheduled.entry,
                     duplicate: scheduled.duplicate,
-                })));
+                }));
             }
             None => {
-                positions.push(results.len());
-                results.push(None);
+                results.deferred();
                 appends.push(valid.message);
             }
         }
     }
-    if !appends.is_empty() {
-        for (position, appended) in positions
-            .into_iter()
-            .zip(messages.append_all(appends).await)
-        {
-            results[position] = Some(appended.map(|appended| Accepted::Stored {
-                message: Arc::new(appended.message),
-                duplicate: appended.duplicate,
-            }));
-        }
-    }
-    results
-        .into_iter()
-        .map(|result| {
-            result.unwrap_or_else(|| {
-                Err(Error::internal(
-                    "the message store answered fewer appends than it was given",
-                ))
-            })
+    let appended = if results.has_deferred() {
+        messages.append_all(appends).await
+    } else {
+        Vec::new()
+    };
+    results.finish(appended.into_iter().map(|appended| {
+        appended.map(|appended| Accepted::Stored {
+            message: Arc::new(appended.message),
+            duplicate: appended.duplicate,
         })
-        .collect()
+    }))
 }

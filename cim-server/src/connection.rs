@@ -45,7 +45,7 @@ use cim_core::{
 };
 use cim_pipeline::delivery::{deliver_frame, recipient_from_proto};
 use cim_pipeline::local::{ConnectionHandle, Control};
-use cim_pipeline::{Accepted, Delivery, SendRequest, Sender, TokenBucket};
+use cim_pipeline::{Accepted, Delivery, Gather, SendRequest, Sender, TokenBucket};
 use cim_proto::v1::{self, PeerKick};
 use cim_proto::{Body, ErrorCode, Frame, KickReason};
 use tokio::net::TcpStream;
@@ -863,15 +863,13 @@ impl Connection {
             return Step::Continue;
         }
         let mut ids = Vec::with_capacity(sends.len());
-        let mut results: Vec<Option<Result<Accepted, Error>>> = Vec::with_capacity(sends.len());
+        let mut results = Gather::with_capacity(sends.len());
         let mut requests = Vec::new();
-        let mut positions = Vec::new();
         for send in sends {
             ids.push(send.client_msg_id.clone());
             match recipient_from_proto(send.to.as_ref()) {
                 Ok(to) => {
-                    positions.push(results.len());
-                    results.push(None);
+                    results.deferred();
                     requests.push(SendRequest {
                         to,
                         client_msg_id: send.client_msg_id,
@@ -879,19 +877,11 @@ impl Connection {
                         deliver_at: send.deliver_at_ms.map(Timestamp),
                     });
                 }
-                Err(e) => results.push(Some(Err(e))),
+                Err(e) => results.decided(Err(e)),
             }
         }
         let accepted = self.shared.pipeline.send_all(&self.sender, requests).await;
-        for (position, accepted) in positions.into_iter().zip(accepted) {
-            results[position] = Some(accepted);
-        }
-        for (client_msg_id, result) in ids.into_iter().zip(results) {
-            let result = result.unwrap_or_else(|| {
-                Err(Error::internal(
-                    "the pipeline answered fewer sends than it was given",
-                ))
-            });
+        for (client_msg_id, result) in ids.into_iter().zip(results.finish(accepted)) {
             if let Step::Close(last) = self.answer_send(&client_msg_id, result).await {
                 return Step::Close(last);
             }

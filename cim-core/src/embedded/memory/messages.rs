@@ -232,10 +232,11 @@ impl MemoryMessageStore {
             ConversationId::Direct { .. } => {}
             ConversationId::Group(_) => {
                 let mut users = self.user_shard(stored.sender);
-                let sent_to = users.sent_to_groups.entry(stored.sender).or_default();
-                if !sent_to.contains(&conversation_id) {
-                    sent_to.insert(conversation_id);
-                }
+                users
+                    .sent_to_groups
+                    .entry(stored.sender)
+                    .or_default()
+                    .insert(conversation_id);
             }
         }
         retries.by_key.insert(key, Arc::clone(&stored));
