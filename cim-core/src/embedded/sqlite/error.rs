@@ -1,9 +1,9 @@
-//! sqlx errors turned into [`Error`] at the edge of the backend.
+//! sqlx and rusqlite errors turned into [`Error`] at the edge of the backend.
 //!
 //! Callers branch on an [`ErrorKind`](crate::ErrorKind), so what matters is telling apart the
 //! failures a retry can fix (a busy file, an exhausted pool) from those it cannot (a broken
-//! file, a bug). Every error names the backend and the operation and keeps the sqlx error as its
-//! source.
+//! file, a bug). Every error names the backend and the operation and keeps the driver's error as
+//! its source.
 
 use sqlx::error::{DatabaseError, ErrorKind as DbErrorKind};
 
@@ -19,6 +19,9 @@ const SQLITE_CORRUPT: i32 = 11;
 const SQLITE_FULL: i32 = 13;
 const SQLITE_CANTOPEN: i32 = 14;
 const SQLITE_NOTADB: i32 = 26;
+/// Extended codes of a uniqueness violation.
+const SQLITE_CONSTRAINT_PRIMARYKEY: i32 = 1555;
+const SQLITE_CONSTRAINT_UNIQUE: i32 = 2067;
 
 /// Converts a sqlx error raised by `operation` into a cim error with context and source.
 pub(super) fn db_error(operation: &'static str, e: sqlx::Error) -> Error {
@@ -75,29 +78,64 @@ fn database_error(db: &dyn DatabaseError) -> Error {
         .code()
         .and_then(|code| code.parse::<i32>().ok())
         .unwrap_or_default();
+    code_error(code, db.message())
+}
+
+/// Converts an error of the writer thread's rusqlite connection, raised by `operation`, like
+/// [`db_error`] does sqlx's.
+pub(super) fn sqlite_error(operation: &'static str, e: rusqlite::Error) -> Error {
+    let error = match &e {
+        rusqlite::Error::SqliteFailure(failure, message) => {
+            let message = message.as_deref().unwrap_or("no message");
+            if matches!(
+                failure.extended_code,
+                SQLITE_CONSTRAINT_UNIQUE | SQLITE_CONSTRAINT_PRIMARYKEY
+            ) {
+                Error::already_exists(format!("the row exists already: {message}"))
+            } else {
+                code_error(failure.extended_code, message)
+            }
+        }
+        rusqlite::Error::QueryReturnedNoRows
+        | rusqlite::Error::InvalidColumnIndex(_)
+        | rusqlite::Error::InvalidColumnName(_)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => Error::internal(
+            "a stored row does not have the expected shape; the file may be from another program",
+        ),
+        _ => Error::internal("the SQLite store failed unexpectedly"),
+    };
+    error
+        .with_context("backend", "sqlite")
+        .with_context("operation", operation)
+        .with_source(e)
+}
+
+/// The error for SQLite result `code` (primary or extended) with SQLite's `message`.
+fn code_error(code: i32, message: &str) -> Error {
     match code & 0xff {
         SQLITE_BUSY | SQLITE_LOCKED => Error::unavailable(
             "the SQLite file stayed locked by another writer past the busy timeout; retry",
         )
         .set_retryable(true),
         SQLITE_IOERR | SQLITE_FULL | SQLITE_CANTOPEN => Error::unavailable(format!(
-            "the SQLite file cannot be read or written ({}); check the disk and the data directory",
-            db.message()
+            "the SQLite file cannot be read or written ({message}); check the disk and the data \
+             directory"
         )),
         SQLITE_READONLY => Error::unavailable(format!(
-            "the SQLite file is read-only ({}); check its permissions",
-            db.message()
+            "the SQLite file is read-only ({message}); check its permissions"
         ))
         .set_retryable(false),
         SQLITE_CORRUPT | SQLITE_NOTADB => Error::internal(format!(
-            "the SQLite file is damaged or not a database ({}); restore it from a backup",
-            db.message()
+            "the SQLite file is damaged or not a database ({message}); restore it from a backup"
         )),
-        _ => Error::internal(format!("SQLite refused a statement: {}", db.message())),
+        _ => Error::internal(format!("SQLite refused a statement: {message}")),
     }
 }
 
-/// Extension for sqlx results: `.during("append")?` converts the error with [`db_error`].
+/// Extension for sqlx and rusqlite results: `.during("append")?` converts the error with
+/// [`db_error`] or [`sqlite_error`].
 pub(super) trait During<T> {
     /// The value, or the error converted for `operation`.
     fn during(self, operation: &'static str) -> crate::Result<T>;
@@ -106,6 +144,12 @@ pub(super) trait During<T> {
 impl<T> During<T> for Result<T, sqlx::Error> {
     fn during(self, operation: &'static str) -> crate::Result<T> {
         self.map_err(|e| db_error(operation, e))
+    }
+}
+
+impl<T> During<T> for Result<T, rusqlite::Error> {
+    fn during(self, operation: &'static str) -> crate::Result<T> {
+        self.map_err(|e| sqlite_error(operation, e))
     }
 }
 
@@ -127,6 +171,41 @@ mod tests {
             ]
         );
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn the_writer_connection_s_errors_are_told_apart_like_the_pool_s() {
+        let failure = |code, extended_code| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error {
+                    code,
+                    extended_code,
+                },
+                Some("message".to_string()),
+            )
+        };
+        let busy = sqlite_error(
+            "group commit",
+            failure(rusqlite::ErrorCode::DatabaseBusy, 5),
+        );
+        assert_eq!(busy.kind(), ErrorKind::Unavailable);
+        assert!(busy.is_retryable());
+        assert!(
+            busy.context()
+                .contains(&("operation", "group commit".to_string()))
+        );
+        let full = sqlite_error("append", failure(rusqlite::ErrorCode::DiskFull, 13));
+        assert_eq!(full.kind(), ErrorKind::Unavailable);
+        let unique = sqlite_error(
+            "append",
+            failure(rusqlite::ErrorCode::ConstraintViolation, 2067),
+        );
+        assert_eq!(unique.kind(), ErrorKind::AlreadyExists);
+        let corrupt = sqlite_error("append", failure(rusqlite::ErrorCode::DatabaseCorrupt, 11));
+        assert_eq!(corrupt.kind(), ErrorKind::Internal);
+        let shape = sqlite_error("append", rusqlite::Error::QueryReturnedNoRows);
+        assert_eq!(shape.kind(), ErrorKind::Internal);
+        assert!(std::error::Error::source(&shape).is_some());
     }
 
     #[test]

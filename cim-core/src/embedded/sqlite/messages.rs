@@ -25,7 +25,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{FromRow, SqliteConnection};
+use rusqlite::OptionalExtension;
+use sqlx::FromRow;
 
 use super::SqliteStore;
 use super::columns::{conversation, int, recipient, recipient_columns, unsigned};
@@ -101,6 +102,21 @@ struct MessageRow {
 }
 
 impl MessageRow {
+    /// Reads a row of [`message_columns!`] from the writer's connection.
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+        Ok(MessageRow {
+            id: row.get(0)?,
+            conversation: row.get(1)?,
+            seq: row.get(2)?,
+            sender: row.get(3)?,
+            to_kind: row.get(4)?,
+            to_id: row.get(5)?,
+            client_msg_id: row.get(6)?,
+            body: row.get(7)?,
+            sent_at: row.get(8)?,
+        })
+    }
+
     fn into_message(self) -> Result<StoredMessage> {
         Ok(StoredMessage {
             id: MessageId(unsigned(self.id, "messages.id")?),
@@ -172,69 +188,78 @@ fn fts_query(words: &[String]) -> Option<String> {
     (!phrases.is_empty()).then(|| phrases.join(" "))
 }
 
-/// Appends `message` (validated) inside `tx`, the group commit's transaction: `Err` for a
-/// failed statement (the transaction must be rolled back), otherwise the append's result.
-pub(super) async fn append_in(
-    tx: &mut SqliteConnection,
+/// Appends `message` (validated) inside `tx`, the group commit's transaction on the writer's
+/// connection: `Err` for a failed statement (the transaction must be rolled back), otherwise
+/// the append's result.
+pub(super) fn append_in(
+    tx: &rusqlite::Connection,
     message: &NewMessage,
 ) -> Result<Result<Appended>> {
     const OPERATION: &str = "append";
     let conversation = message.conversation();
     let conversation_text = conversation.to_string();
-    let original: Option<MessageRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        message_columns!(),
-        " FROM messages WHERE sender = ? AND client_msg_id = ?"
-    ))
-    .bind(int(message.sender.0))
-    .bind(&message.client_msg_id)
-    .fetch_optional(&mut *tx)
-    .await
-    .during(OPERATION)?;
+    let original = tx
+        .prepare_cached(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE sender = ? AND client_msg_id = ?"
+        ))
+        .during(OPERATION)?
+        .query_row(
+            rusqlite::params![int(message.sender.0), message.client_msg_id],
+            MessageRow::read,
+        )
+        .optional()
+        .during(OPERATION)?;
     if let Some(original) = original {
         return Ok(original.into_message().map(|message| Appended {
             message,
             duplicate: true,
         }));
     }
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO conversations (id, last_seq) VALUES (?, 1) \
-         ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
-    )
-    .bind(&conversation_text)
-    .fetch_one(&mut *tx)
-    .await
-    .during(OPERATION)?;
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO conversations (id, last_seq) VALUES (?, 1) \
+             ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+        )
+        .during(OPERATION)?
+        .query_row([&conversation_text], |row| row.get(0))
+        .during(OPERATION)?;
     if let (1, ConversationId::Direct { low, high }) = (seq, conversation) {
-        for user in [low, high] {
-            sqlx::query(
+        let mut participant = tx
+            .prepare_cached(
                 "INSERT INTO participants (user_id, conversation) VALUES (?, ?) \
                  ON CONFLICT DO NOTHING",
             )
-            .bind(int(user.0))
-            .bind(&conversation_text)
-            .execute(&mut *tx)
-            .await
             .during(OPERATION)?;
+        for user in [low, high] {
+            participant
+                .execute(rusqlite::params![int(user.0), conversation_text])
+                .during(OPERATION)?;
         }
     }
     let (to_kind, to_id) = recipient_columns(message.to);
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO messages (conversation, seq, sender, to_kind, to_id, client_msg_id, \
-         body, body_folded, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-    )
-    .bind(&conversation_text)
-    .bind(seq)
-    .bind(int(message.sender.0))
-    .bind(to_kind)
-    .bind(to_id)
-    .bind(&message.client_msg_id)
-    .bind(&message.body)
-    .bind(message.body.to_lowercase())
-    .bind(message.sent_at.as_millis())
-    .fetch_one(&mut *tx)
-    .await
-    .during(OPERATION)?;
+    let id: i64 = tx
+        .prepare_cached(
+            "INSERT INTO messages (conversation, seq, sender, to_kind, to_id, client_msg_id, \
+             body, body_folded, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .during(OPERATION)?
+        .query_row(
+            rusqlite::params![
+                conversation_text,
+                seq,
+                int(message.sender.0),
+                to_kind,
+                to_id,
+                message.client_msg_id,
+                message.body,
+                message.body.to_lowercase(),
+                message.sent_at.as_millis(),
+            ],
+            |row| row.get(0),
+        )
+        .during(OPERATION)?;
     // A row this store cannot read back is no append to acknowledge: roll it back.
     let message = StoredMessage {
         id: MessageId(unsigned(id, "messages.id")?),
@@ -253,35 +278,39 @@ pub(super) async fn append_in(
 }
 
 /// Moves `user`'s cursor in `conversation` up to `up_to` inside `tx` (see [`append_in`]).
-pub(super) async fn ack_in(
-    tx: &mut SqliteConnection,
+pub(super) fn ack_in(
+    tx: &rusqlite::Connection,
     user: UserId,
     conversation: ConversationId,
     up_to: Seq,
 ) -> Result<Result<()>> {
+    const OPERATION: &str = "ack";
     // One statement: the cursor moves only if `up_to` is within the conversation, and only
     // forward.
     let conversation_text = conversation.to_string();
-    let done = sqlx::query(
-        "INSERT INTO cursors (user_id, conversation, seq) \
-         SELECT ?1, ?2, ?3 \
-         WHERE ?3 <= COALESCE((SELECT last_seq FROM conversations WHERE id = ?2), 0) \
-         ON CONFLICT (user_id, conversation) DO UPDATE SET seq = max(seq, excluded.seq)",
-    )
-    .bind(int(user.0))
-    .bind(&conversation_text)
-    .bind(int(up_to.0))
-    .execute(&mut *tx)
-    .await
-    .during("ack")?;
-    if done.rows_affected() > 0 {
+    let moved = tx
+        .prepare_cached(
+            "INSERT INTO cursors (user_id, conversation, seq) \
+             SELECT ?1, ?2, ?3 \
+             WHERE ?3 <= COALESCE((SELECT last_seq FROM conversations WHERE id = ?2), 0) \
+             ON CONFLICT (user_id, conversation) DO UPDATE SET seq = max(seq, excluded.seq)",
+        )
+        .during(OPERATION)?
+        .execute(rusqlite::params![
+            int(user.0),
+            conversation_text,
+            int(up_to.0)
+        ])
+        .during(OPERATION)?;
+    if moved > 0 {
         return Ok(Ok(()));
     }
-    let last: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?")
-        .bind(&conversation_text)
-        .fetch_optional(&mut *tx)
-        .await
-        .during("ack")?;
+    let last: Option<i64> = tx
+        .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?")
+        .during(OPERATION)?
+        .query_row([&conversation_text], |row| row.get(0))
+        .optional()
+        .during(OPERATION)?;
     let last = Seq(unsigned(last.unwrap_or(0), "conversations.last_seq")?);
     Ok(Err(Error::invalid_input(format!(
         "cannot acknowledge {conversation} up to {up_to}: its last message is {last}"

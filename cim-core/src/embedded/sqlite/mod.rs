@@ -1,7 +1,7 @@
 //! Accounts and messages in one SQLite file: cim on a single node, durably, with no server to run.
 //!
 //! [`SqliteStore`] implements both [`AccountStore`] and [`MessageStore`] over one connection
-//! pool. Registered as backend `sqlite` for `[accounts]` and `[messages]`, it opens
+//! pool (reads and the rarer writes) and one writer thread (appends and acks). Registered as backend `sqlite` for `[accounts]` and `[messages]`, it opens
 //! `<data_dir>/<file>`, where `file` defaults to `<namespace>.db` (`cim.db` with the default
 //! namespace), so two namespaces never share a file:
 //!
@@ -20,8 +20,8 @@
 //! - **WAL, `synchronous = FULL`, 5 s busy timeout, foreign keys on.** Readers never block the
 //!   writer; a commit is on disk when `append` returns (the `durable` capability); a writer
 //!   waits for another instead of failing at once.
-//! - **Appends and acks are committed in groups** by one writer task (the `commit` module):
-//!   many per transaction, each acknowledged only after the commit that holds it, so the node
+//! - **Appends and acks are committed in groups** by one writer thread with its own
+//!   connection (the `commit` module): many per transaction, each acknowledged only after the commit that holds it, so the node
 //!   is durable without paying a disk flush per message.
 //! - **Every multi-statement write runs in `BEGIN IMMEDIATE`**, which takes the write lock up
 //!   front. A deferred transaction that reads then writes can fail with `SQLITE_BUSY` without
@@ -129,8 +129,15 @@ impl SqliteStore {
             return Ok(SqliteStore { shared });
         }
         let pool = connect(&path).await?;
+        let committer = match Committer::start(&path).await {
+            Ok(committer) => committer,
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        };
         let shared = Arc::new(Shared {
-            committer: Committer::start(pool.clone()),
+            committer,
             pool,
             path: path.clone(),
         });
@@ -145,9 +152,10 @@ impl SqliteStore {
 
     /// Closes the connection pool, waiting for connections in use to be returned. Every handle
     /// on this file (clones, and stores opened on the same path) is closed with it: their
-    /// operations fail with [`Unavailable`](crate::ErrorKind::Unavailable) from then on, and
+    /// operations fail with [`Unavailable`](crate::ErrorKind::Unavailable) from then on (writes queued before the close are committed first), and
     /// the next [`SqliteStore::open`] of the path opens the file afresh.
     pub async fn close(&self) {
+        self.shared.committer.close().await;
         self.shared.pool.close().await;
     }
 
