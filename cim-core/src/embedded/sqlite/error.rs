@@ -40,15 +40,10 @@ pub(super) fn db_error(operation: &'static str, e: sqlx::Error) -> Error {
         | sqlx::Error::ColumnIndexOutOfBounds { .. }
         | sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
-        | sqlx::Error::TypeNotFound { .. } => Error::internal(
-            "a stored row does not have the expected shape; the file may be from another program",
-        ),
-        _ => Error::internal("the SQLite store failed unexpectedly"),
+        | sqlx::Error::TypeNotFound { .. } => bad_row(),
+        _ => unexpected(),
     };
-    error
-        .with_context("backend", "sqlite")
-        .with_context("operation", operation)
-        .with_source(e)
+    in_context(error, operation, e)
 }
 
 /// Like [`db_error`], but a unique-constraint violation becomes `taken()`, the caller's
@@ -61,10 +56,7 @@ pub(super) fn unique_error(
     let unique =
         matches!(&e, sqlx::Error::Database(db) if db.kind() == DbErrorKind::UniqueViolation);
     if unique {
-        taken()
-            .with_context("backend", "sqlite")
-            .with_context("operation", operation)
-            .with_source(e)
+        in_context(taken(), operation, e)
     } else {
         db_error(operation, e)
     }
@@ -101,15 +93,34 @@ pub(super) fn sqlite_error(operation: &'static str, e: rusqlite::Error) -> Error
         | rusqlite::Error::InvalidColumnName(_)
         | rusqlite::Error::InvalidColumnType(..)
         | rusqlite::Error::FromSqlConversionFailure(..)
-        | rusqlite::Error::IntegralValueOutOfRange(..) => Error::internal(
-            "a stored row does not have the expected shape; the file may be from another program",
-        ),
-        _ => Error::internal("the SQLite store failed unexpectedly"),
+        | rusqlite::Error::IntegralValueOutOfRange(..) => bad_row(),
+        _ => unexpected(),
     };
+    in_context(error, operation, e)
+}
+
+/// A row that does not decode into what the store wrote.
+fn bad_row() -> Error {
+    Error::internal(
+        "a stored row does not have the expected shape; the file may be from another program",
+    )
+}
+
+/// A driver error this backend has no better word for.
+fn unexpected() -> Error {
+    Error::internal("the SQLite store failed unexpectedly")
+}
+
+/// `error` naming the backend and `operation`, with the driver's error `source`.
+fn in_context(
+    error: Error,
+    operation: &'static str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     error
         .with_context("backend", "sqlite")
         .with_context("operation", operation)
-        .with_source(e)
+        .with_source(source)
 }
 
 /// The error for SQLite result `code` (primary or extended) with SQLite's `message`.
