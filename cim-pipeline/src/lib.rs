@@ -16,8 +16,8 @@
 //! | 6. dispatch | [`dispatch`] | fanned out to online recipients off the sender's task, in order per conversation |
 //!
 //! Below dispatch sit the pieces deliveries travel through: [`Delivery`] (a `Deliver` frame
-//! encoded once for every connection), [`LocalConnections`] (a server's own connections) and
-//! [`PeerPool`] (links to the other servers). Before any of it, [`admission`] bounds how many
+//! encoded once for every connection), [`LocalConnections`] (a server's own connections, each
+//! reached through its [`Mailbox`]) and [`PeerPool`] (links to the other servers). Before any of it, [`admission`] bounds how many
 //! connections each listener holds, so one flooded listener cannot starve the others.
 //!
 //! ```no_run
@@ -49,6 +49,7 @@ pub mod config;
 pub mod delivery;
 pub mod dispatch;
 pub mod local;
+pub mod mailbox;
 mod message;
 pub mod peer;
 pub mod rate_limit;
@@ -67,6 +68,7 @@ pub use config::{BroadcastAllow, BroadcastConfig, LimitsConfig};
 pub use delivery::Delivery;
 pub use dispatch::Dispatcher;
 pub use local::LocalConnections;
+pub use mailbox::Mailbox;
 pub use message::{Accepted, SendRequest, Sender};
 pub use peer::PeerPool;
 pub use rate_limit::{Allowance, Keyed, PerUser, RateLimit, TokenBucket};

@@ -1,51 +1,33 @@
 //! [`LocalConnections`]: the client connections this server holds, by user.
 //!
 //! Everything that reaches a connection from outside its own task (a delivery from another
-//! sender's dispatch, a message relayed by a peer, a kick) goes through here, and never waits:
-//! each connection has a bounded delivery queue, and a connection whose queue is full is too
-//! slow to keep up. It is told to close instead of making the sender (or a whole group fan-out)
-//! wait for it. Kicks travel on a separate small control queue so that a full delivery queue
-//! cannot hold them back.
+//! sender's dispatch, a message relayed by a peer, a kick) goes through here into the
+//! connection's [`Mailbox`], and never waits: the mailbox holds a bounded queue of deliveries,
+//! and a connection whose queue is full is too slow to keep up. It is told to close instead of
+//! making the sender (or a whole group fan-out) wait for it. Orders (kicks, syncs) are flags
+//! beside the queue, so a full queue cannot hold them back.
 //!
 //! A user normally has one connection here, but briefly two: when a new login replaces an old
-//! one on the same server, the old connection lives until it has read its kick.
+//! one on the same server, the old connection lives until it has read its kick. The registry
+//! keeps the first inline, so an idle connection costs one map slot and its mailbox.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use cim_core::{ConnectionId, ServerId, Session, Timestamp, UserId};
 use cim_proto::KickReason;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use smallvec::SmallVec;
 
 use crate::delivery::Delivery;
-
-/// An order for a connection's task, from outside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// Tell the client why, then close.
-    Kick(KickReason),
-    /// The delivery queue overflowed: close with an error.
-    Slow,
-    /// Live deliveries may have been missed (the session had lapsed in the store, so senders
-    /// saw the user offline): send again, from the store, what the connection has not sent.
-    Resync,
-    /// Live deliveries may have been lost with another server (it died or restarted with
-    /// fan-outs in flight): catch up from the store soon, at a random moment within a few
-    /// seconds so that a server's connections do not all read the store at once, while live
-    /// deliveries go on.
-    CatchUp,
-}
+use crate::mailbox::{Control, Mailbox, Pushed};
 
 /// How the rest of the server reaches one connection's task.
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
     /// The connection's id.
     pub id: ConnectionId,
-    /// Messages to write, in order.
-    pub deliveries: mpsc::Sender<Arc<Delivery>>,
-    /// Kicks and overflow notices.
-    pub control: mpsc::Sender<Control>,
+    /// Where its deliveries and orders go.
+    pub mailbox: Arc<Mailbox>,
     /// The device label and login time of the session, to bind it again if the store lost it.
     pub device: String,
     /// When the connection logged in.
@@ -57,17 +39,19 @@ pub struct ConnectionHandle {
 impl ConnectionHandle {
     /// Queues `delivery` without waiting; a full queue marks the connection slow.
     fn push(&self, delivery: &Arc<Delivery>) -> bool {
-        match self.deliveries.try_send(Arc::clone(delivery)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
+        match self.mailbox.push(delivery) {
+            Pushed::Queued => true,
+            Pushed::Full => {
                 tracing::warn!(connection = %self.id, "delivery queue full; closing the slow connection");
-                let _ = self.control.try_send(Control::Slow);
                 false
             }
-            Err(TrySendError::Closed(_)) => false,
+            Pushed::Closed => false,
         }
     }
 }
+
+/// The connections of one user here: one, inline, almost always.
+type Handles = SmallVec<[ConnectionHandle; 1]>;
 
 /// The client connections held by one server, by user.
 ///
@@ -77,7 +61,7 @@ impl ConnectionHandle {
 #[derive(Debug)]
 pub struct LocalConnections {
     server_id: ServerId,
-    users: RwLock<HashMap<UserId, Vec<ConnectionHandle>>>,
+    users: RwLock<HashMap<UserId, Handles>>,
 }
 
 impl LocalConnections {
@@ -96,7 +80,7 @@ impl LocalConnections {
 
     /// How many connections are registered (the load the server reports).
     pub fn len(&self) -> usize {
-        self.read().values().map(Vec::len).sum()
+        self.read().values().map(SmallVec::len).sum()
     }
 
     /// Whether no connection is registered.
@@ -154,7 +138,16 @@ impl LocalConnections {
         self.read()
             .get(&user)
             .and_then(|handles| handles.iter().find(|handle| handle.id == id))
-            .is_some_and(|handle| handle.control.try_send(Control::Kick(reason)).is_ok())
+            .is_some_and(|handle| handle.mailbox.order(Control::Kick(reason)))
+    }
+
+    /// Tells every connection to close with `reason`; how many were told.
+    pub fn kick_all(&self, reason: KickReason) -> usize {
+        self.read()
+            .values()
+            .flatten()
+            .filter(|handle| handle.mailbox.order(Control::Kick(reason)))
+            .count()
     }
 
     /// Records that connection `id` of `user` bound its session in the store.
@@ -194,26 +187,26 @@ impl LocalConnections {
         self.read()
             .get(&user)
             .and_then(|handles| handles.iter().find(|handle| handle.id == id))
-            .is_some_and(|handle| handle.control.try_send(Control::Resync).is_ok())
+            .is_some_and(|handle| handle.mailbox.order(Control::Resync))
     }
 
     /// Tells every connection to catch up from the store ([`Control::CatchUp`]); how many
-    /// were told (a connection whose control queue is full has an order pending already).
+    /// were told.
     pub fn catch_up_all(&self) -> usize {
         self.read()
             .values()
             .flatten()
-            .filter(|handle| handle.control.try_send(Control::CatchUp).is_ok())
+            .filter(|handle| handle.mailbox.order(Control::CatchUp))
             .count()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, Vec<ConnectionHandle>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<UserId, Handles>> {
         // A panic elsewhere never leaves the map half-updated: every critical section is a
         // single insert, retain or lookup.
         self.users.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<UserId, Vec<ConnectionHandle>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<UserId, Handles>> {
         self.users.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -225,25 +218,16 @@ mod tests {
 
     use super::*;
 
-    fn handle(
-        id: u64,
-        queue: usize,
-    ) -> (
-        ConnectionHandle,
-        mpsc::Receiver<Arc<Delivery>>,
-        mpsc::Receiver<Control>,
-    ) {
-        let (deliveries, delivery_rx) = mpsc::channel(queue);
-        let (control, control_rx) = mpsc::channel(4);
+    fn handle(id: u64, queue: usize) -> (ConnectionHandle, Arc<Mailbox>) {
+        let mailbox = Arc::new(Mailbox::new(queue));
         let handle = ConnectionHandle {
             id: ConnectionId(id),
-            deliveries,
-            control,
+            mailbox: Arc::clone(&mailbox),
             device: String::new(),
             login_at: Timestamp(0),
             bound: false,
         };
-        (handle, delivery_rx, control_rx)
+        (handle, mailbox)
     }
 
     fn delivery(sender: u64) -> Arc<Delivery> {
@@ -263,11 +247,11 @@ mod tests {
     #[test]
     fn delivery_needs_the_matching_connection_id() {
         let local = local();
-        let (h, mut rx, _ctl) = handle(7, 4);
+        let (h, mailbox) = handle(7, 4);
         local.register(UserId(1), h);
         assert!(!local.deliver_to(UserId(1), ConnectionId(8), &delivery(2)));
         assert!(local.deliver_to(UserId(1), ConnectionId(7), &delivery(2)));
-        assert!(rx.try_recv().is_ok());
+        assert!(mailbox.try_delivery().is_some());
         local.unregister(UserId(1), ConnectionId(7));
         assert!(local.is_empty());
     }
@@ -275,35 +259,54 @@ mod tests {
     #[test]
     fn a_full_queue_marks_the_connection_slow_instead_of_waiting() {
         let local = local();
-        let (h, _rx, mut ctl) = handle(7, 1);
+        let (h, mailbox) = handle(7, 1);
         local.register(UserId(1), h);
         assert_eq!(local.deliver_to_user(UserId(1), &delivery(2)), 1);
         assert_eq!(local.deliver_to_user(UserId(1), &delivery(2)), 0);
-        assert_eq!(ctl.try_recv().ok(), Some(Control::Slow));
+        assert_eq!(mailbox.take_order(), Some(Control::Slow));
     }
 
     #[test]
     fn broadcast_skips_the_sender() {
         let local = local();
-        let (a, mut a_rx, _a_ctl) = handle(1, 4);
-        let (b, mut b_rx, _b_ctl) = handle(2, 4);
+        let (a, a_mailbox) = handle(1, 4);
+        let (b, b_mailbox) = handle(2, 4);
         local.register(UserId(1), a);
         local.register(UserId(2), b);
         assert_eq!(local.len(), 2);
         assert_eq!(local.deliver_to_all_except(UserId(1), &delivery(1)), 1);
-        assert!(a_rx.try_recv().is_err());
-        assert!(b_rx.try_recv().is_ok());
+        assert!(a_mailbox.try_delivery().is_none());
+        assert!(b_mailbox.try_delivery().is_some());
+    }
+
+    #[test]
+    fn a_shutdown_kicks_every_connection_and_the_registry_keeps_two_of_one_user() {
+        let local = local();
+        let (a, a_mailbox) = handle(1, 4);
+        let (b, b_mailbox) = handle(2, 4);
+        local.register(UserId(1), a);
+        local.register(UserId(1), b);
+        assert_eq!(local.len(), 2);
+        assert_eq!(local.kick_all(KickReason::ServerShutdown), 2);
+        for mailbox in [a_mailbox, b_mailbox] {
+            assert_eq!(
+                mailbox.take_order(),
+                Some(Control::Kick(KickReason::ServerShutdown))
+            );
+        }
+        local.unregister(UserId(1), ConnectionId(1));
+        assert_eq!(local.len(), 1);
     }
 
     #[test]
     fn kicks_reach_only_the_named_connection() {
         let local = local();
-        let (h, _rx, mut ctl) = handle(7, 4);
+        let (h, mailbox) = handle(7, 4);
         local.register(UserId(1), h);
         assert!(!local.kick(UserId(1), ConnectionId(6), KickReason::Replaced));
         assert!(local.kick(UserId(1), ConnectionId(7), KickReason::Replaced));
         assert_eq!(
-            ctl.try_recv().ok(),
+            mailbox.take_order(),
             Some(Control::Kick(KickReason::Replaced))
         );
     }

@@ -7,7 +7,7 @@
 //! recipients connected elsewhere would see it only at their next login. So every server
 //! watches the others' registrations: when one disappears, or comes back under the same id
 //! with a new [`incarnation`](ServerInfo::incarnation), each local connection catches up
-//! from the store ([`Control::CatchUp`](cim_pipeline::local::Control::CatchUp)), spread over a
+//! from the store ([`Control::CatchUp`](cim_pipeline::mailbox::Control::CatchUp)), spread over a
 //! few seconds.
 
 use std::collections::{BTreeMap, HashMap};

@@ -20,6 +20,8 @@ use cim_core::token::TokenKey;
 use cim_core::{Error, ErrorKind, NameRules, Registration, Result, ServerId, ServerInfo, Stores};
 use cim_pipeline::admission::{self, ConnectionLimit};
 use cim_pipeline::{LimitsConfig, LocalConnections, PeerPool, Pipeline};
+use cim_proto::KickReason;
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
@@ -178,7 +180,9 @@ impl ServerBuilder {
             Arc::clone(&shared),
             clients,
             admission.clone(),
-            connection::serve,
+            // The peer's address is read again at login, for the log: kept here, it would
+            // take room in every connection's future.
+            |shared, socket, _peer| connection::serve(shared, socket),
         ));
         tasks.spawn(accept_loop(
             Arc::clone(&shared),
@@ -264,6 +268,9 @@ impl RunningServer {
             first_error.get_or_insert(e);
         }
         self.shared.shutdown.cancel();
+        // Connections hear it in their mailbox (one that registers from now on sees the
+        // cancelled token instead).
+        self.shared.local.kick_all(KickReason::ServerShutdown);
         let grace = self.shared.config.shutdown_grace + Duration::from_secs(1);
         let tasks = &mut self.tasks;
         if timeout(grace, async { while tasks.join_next().await.is_some() {} })
@@ -383,10 +390,10 @@ async fn accept_loop<F, Fut>(
                         continue;
                     };
                     let serving = serve(Arc::clone(&shared), socket, peer);
-                    connections.spawn(async move {
-                        serving.await;
-                        drop(admitted);
-                    });
+                    // A combinator, not an `async` block: a block that awaits the future it
+                    // captured holds it twice, doubling every connection's task.
+                    let serving = serving.map(move |()| drop(admitted));
+                    connections.spawn(serving);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

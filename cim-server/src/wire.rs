@@ -11,6 +11,7 @@
 //! and discards what the client still sends, briefly, before dropping the socket.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -90,17 +91,26 @@ impl ClientStream {
     /// Waits for the client's next frames and returns every complete one that has arrived
     /// (at least one), or how the client's side ended. Cancel-safe: nothing is lost when the
     /// wait is dropped.
+    ///
+    /// The wait holds no state of its own (the socket's registration keeps the waker), so it
+    /// adds nothing to the future of a connection that waits for its client.
     pub(crate) async fn read(&mut self) -> Result<Vec<Frame>, ReadEnd> {
+        std::future::poll_fn(|cx| self.poll_frames(cx)).await
+    }
+
+    fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Frame>, ReadEnd>> {
         loop {
             if let Some(end) = self.end.take() {
-                return Err(end);
+                return Poll::Ready(Err(end));
             }
-            if let Err(e) = self.socket.readable().await {
-                return Err(ReadEnd::Failed(e.into()));
+            match self.socket.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadEnd::Failed(e.into()))),
+                Poll::Ready(Ok(())) => {}
             }
             let frames = self.read_ready();
             if !frames.is_empty() {
-                return Ok(frames);
+                return Poll::Ready(Ok(frames));
             }
         }
     }
@@ -170,15 +180,35 @@ impl ClientStream {
         match item {
             Outbound::Frame(frame) => self.codec.encode(frame, &mut self.out),
             Outbound::Delivery(delivery) => {
-                self.out.extend_from_slice(&delivery.frame);
+                self.queue_delivery(delivery);
                 Ok(())
             }
         }
     }
 
+    /// Queues an encoded delivery for the next [`flush`](Self::flush).
+    pub(crate) fn queue_delivery(&mut self, delivery: Arc<Delivery>) {
+        self.out.extend_from_slice(&delivery.frame);
+    }
+
     /// How many bytes are queued.
     pub(crate) fn queued(&self) -> usize {
         self.out.len()
+    }
+
+    /// Writes what is queued without waiting; true once everything is written (the write
+    /// buffer is then released), false if the socket is full.
+    pub(crate) fn try_flush(&mut self) -> std::io::Result<bool> {
+        while !self.out.is_empty() {
+            match self.socket.try_write(&self.out) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.out.advance(written),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.out = BytesMut::new();
+        Ok(true)
     }
 
     /// Writes everything queued, then releases the write buffer. A flush cut short (by a
