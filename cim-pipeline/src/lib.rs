@@ -17,8 +17,9 @@
 //!
 //! Below dispatch sit the pieces deliveries travel through: [`Delivery`] (a `Deliver` frame
 //! encoded once for every connection), [`LocalConnections`] (a server's own connections, each
-//! reached through its [`Mailbox`]) and [`PeerPool`] (links to the other servers). Before any of it, [`admission`] bounds how many
-//! connections each listener holds, so one flooded listener cannot starve the others.
+//! reached through its [`Mailbox`]) and [`PeerPool`] (links to the other servers). Before any
+//! of it, [`admission`] bounds how many connections each listener holds, so one flooded
+//! listener cannot starve the others.
 //!
 //! ```no_run
 //! # async fn demo(stores: cim_core::Stores, key: cim_core::token::TokenKey) -> cim_core::Result<()> {

@@ -93,6 +93,14 @@ impl State {
         None
     }
 
+    /// Orders first, then deliveries in order.
+    fn next_mail(&mut self) -> Option<Mail> {
+        match self.take_order() {
+            Some(order) => Some(Mail::Order(order)),
+            None => self.pop_delivery().map(Mail::Delivery),
+        }
+    }
+
     fn pop_delivery(&mut self) -> Option<Arc<Delivery>> {
         let delivery = self.deliveries.pop_front();
         if self.deliveries.is_empty() && self.deliveries.capacity() > KEEP_CAPACITY {
@@ -168,11 +176,8 @@ impl Mailbox {
     /// The next piece of mail, or `Pending` with `cx`'s task woken when some arrives.
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Mail> {
         let mut state = self.lock();
-        if let Some(order) = state.take_order() {
-            return Poll::Ready(Mail::Order(order));
-        }
-        if let Some(delivery) = state.pop_delivery() {
-            return Poll::Ready(Mail::Delivery(delivery));
+        if let Some(mail) = state.next_mail() {
+            return Poll::Ready(mail);
         }
         if !state
             .waiting
@@ -186,11 +191,7 @@ impl Mailbox {
 
     /// The next piece of mail, if there is one now.
     pub fn try_next(&self) -> Option<Mail> {
-        let mut state = self.lock();
-        if let Some(order) = state.take_order() {
-            return Some(Mail::Order(order));
-        }
-        state.pop_delivery().map(Mail::Delivery)
+        self.lock().next_mail()
     }
 
     /// The next order, if there is one now (deliveries stay queued).

@@ -528,7 +528,7 @@ impl Connection {
                     },
                     mail = self.mailbox.next() => match mail {
                         Mail::Order(order) => self.obey(order).await,
-                        Mail::Delivery(delivery) => match self.queue_in_order(delivery) {
+                        Mail::Delivery(delivery) => match self.queue_in_order(delivery, &mut 0) {
                             None => self.flush_step().await,
                             // Boxed, like a batch of frames: a gap to fill is rare, and its
                             // state large.
@@ -626,16 +626,17 @@ impl Connection {
     }
 
     /// Queues `first` and the deliveries waiting behind it (a batch's worth), then flushes
-    /// everything queued. The next delivery expected in its conversation is queued at once;
-    /// any other (a duplicate, a gap to fill, a first of its conversation) takes the boxed
-    /// slow path.
+    /// everything queued. Runs of deliveries that need nothing from the store are queued by
+    /// [`queue_in_order`](Self::queue_in_order); each other one (a duplicate, a gap to fill, a
+    /// first of its conversation) goes through [`deliver`](Self::deliver), boxed.
     async fn send_live(&mut self, first: Option<Arc<Delivery>>) -> Step {
         let mut next = first.or_else(|| self.mailbox.try_delivery());
         let mut taken = 0;
         while let Some(delivery) = next.take() {
-            if let Some(delivery) = self.deliver_in_order(delivery)
-                && Box::pin(self.deliver(delivery)).await.is_err()
-            {
+            let Some(slow) = self.queue_in_order(delivery, &mut taken) else {
+                break;
+            };
+            if Box::pin(self.deliver(slow)).await.is_err() {
                 return Step::Close(None);
             }
             if self.stream.queued() >= FLUSH_AT && self.flush().await.is_err() {
@@ -723,18 +724,18 @@ impl Connection {
         }
     }
 
-    /// Queues `first` and the deliveries waiting behind it (a batch's worth, or `FLUSH_AT`
-    /// bytes), as long as each needs nothing from the store; gives back the first that does.
-    /// The common case of live delivery, without a future of its own.
-    fn queue_in_order(&mut self, first: Arc<Delivery>) -> Option<Arc<Delivery>> {
+    /// Queues `first` and the deliveries waiting behind it (until `taken` reaches a batch's
+    /// worth, or `FLUSH_AT` bytes are queued), as long as each needs nothing from the store;
+    /// gives back the first that does. The common case of live delivery, without a future of
+    /// its own.
+    fn queue_in_order(&mut self, first: Arc<Delivery>, taken: &mut usize) -> Option<Arc<Delivery>> {
         let mut next = Some(first);
-        let mut taken = 0;
         while let Some(delivery) = next.take() {
             if let Some(slow) = self.deliver_in_order(delivery) {
                 return Some(slow);
             }
-            taken += 1;
-            if taken < MAX_BATCH && self.stream.queued() < FLUSH_AT {
+            *taken += 1;
+            if *taken < MAX_BATCH && self.stream.queued() < FLUSH_AT {
                 next = self.mailbox.try_delivery();
             }
         }
