@@ -121,6 +121,10 @@ async fn sending_faster_than_the_rate_limit_is_refused_then_closed() {
     let cluster = Cluster::memory();
     let limits = LimitsConfig {
         messages: RateLimit::new(1, 3),
+        // A frame bucket that refills slowly: a client whose frame bucket is full again is
+        // forgiven its refusals, and test_limits' (10,000 per second) refilled within a slow
+        // round trip, so the flood sometimes never closed.
+        frames: RateLimit::new(10, 10_000),
         ..test_limits()
     };
     let server = cluster.start_with_limits("s1", test_config(), limits).await;
