@@ -22,10 +22,12 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::During;
 use super::messages::{ack_in, append_in};
+use super::search_index::SearchIndex;
 use super::{BUSY_TIMEOUT, error};
 use crate::{Appended, ConversationId, Error, NewMessage, Result, Seq, UserId};
 
@@ -33,7 +35,7 @@ use crate::{Appended, ConversationId, Error, NewMessage, Result, Seq, UserId};
 const MAX_GROUP: usize = 256;
 /// Writes waiting for the writer at most; callers beyond wait for room.
 const QUEUE: usize = 4096;
-/// Statements the writer keeps prepared (it runs five distinct ones).
+/// Statements the writer keeps prepared (it runs ten distinct ones).
 const STATEMENT_CACHE: usize = 16;
 
 /// A write the writer thread commits in a group.
@@ -85,9 +87,9 @@ impl Committer {
         std::thread::Builder::new()
             .name("cim-sqlite-writer".to_string())
             .spawn(move || match open(&file) {
-                Ok(connection) => {
+                Ok((connection, index)) => {
                     let _ = opened.send(Ok(()));
-                    run(connection, queue);
+                    run(connection, index, queue);
                 }
                 Err(e) => {
                     let _ = opened.send(Err(e));
@@ -143,8 +145,8 @@ fn stopped() -> Error {
 }
 
 /// The writer's connection: the same settings as the pool's (see the module documentation
-/// of `sqlite`), and room for the statements it prepares.
-fn open(path: &Path) -> Result<Connection> {
+/// of `sqlite`), and room for the statements it prepares; and the search index's backlog.
+fn open(path: &Path) -> Result<(Connection, SearchIndex)> {
     const OPERATION: &str = "open the writer";
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)
@@ -160,20 +162,39 @@ fn open(path: &Path) -> Result<Connection> {
         .pragma_update(None, "foreign_keys", true)
         .during(OPERATION)?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    Ok(connection)
+    let index = SearchIndex::open(&connection)?;
+    Ok((connection, index))
 }
 
 /// The writer: a group per turn (everything waiting, up to [`MAX_GROUP`]), until every handle
-/// is gone or it is told to close.
-fn run(mut connection: Connection, mut queue: mpsc::Receiver<Request>) {
+/// is gone or it is told to close; between groups, the search index catches up (see the
+/// `search_index` module): whenever no write is waiting, and at once when it falls too far
+/// behind.
+fn run(mut connection: Connection, mut index: SearchIndex, mut queue: mpsc::Receiver<Request>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = queue.blocking_recv() {
+    loop {
+        let first = match queue.try_recv() {
+            Ok(request) => request,
+            Err(TryRecvError::Empty) if index.has_work() => {
+                index.index_batch(&mut connection);
+                continue;
+            }
+            Err(TryRecvError::Empty) => match queue.blocking_recv() {
+                Some(request) => request,
+                None => return,
+            },
+            Err(TryRecvError::Disconnected) => return,
+        };
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
                 Request::Write(job) => group.push(job),
                 Request::Close(done) => {
-                    commit_group(&mut connection, std::mem::take(&mut group));
+                    index.committed(commit_group(&mut connection, std::mem::take(&mut group)));
+                    // Leave the file fully indexed, so the next open starts with no tail.
+                    while index.has_work() {
+                        index.index_batch(&mut connection);
+                    }
                     drop(connection);
                     let _ = done.send(());
                     return;
@@ -183,25 +204,36 @@ fn run(mut connection: Connection, mut queue: mpsc::Receiver<Request>) {
                 next = queue.try_recv().ok();
             }
         }
-        commit_group(&mut connection, std::mem::take(&mut group));
+        index.committed(commit_group(&mut connection, std::mem::take(&mut group)));
+        if index.is_overdue() {
+            index.index_batch(&mut connection);
+        }
     }
 }
 
 /// Commits `group` in one transaction and answers each job; on failure, each job alone.
-fn commit_group(connection: &mut Connection, group: Vec<Job>) {
+/// Returns how many new messages it committed.
+fn commit_group(connection: &mut Connection, group: Vec<Job>) -> usize {
     if group.is_empty() {
-        return;
+        return 0;
     }
     let writes: Vec<&Write> = group.iter().map(|job| &job.write).collect();
+    let mut appended = 0;
+    let mut answer = |job: Job, result: Result<Written>| {
+        if matches!(&result, Ok(Written::Appended(a)) if !a.duplicate) {
+            appended += 1;
+        }
+        let _ = job.done.send(result);
+    };
     match commit(connection, &writes) {
         Ok(results) => {
             for (job, result) in group.into_iter().zip(results) {
-                let _ = job.done.send(result);
+                answer(job, result);
             }
         }
         Err(e) if group.len() == 1 => {
             if let Some(job) = group.into_iter().next() {
-                let _ = job.done.send(Err(e));
+                answer(job, Err(e));
             }
         }
         Err(e) => {
@@ -211,10 +243,11 @@ fn commit_group(connection: &mut Connection, group: Vec<Job>) {
                     Ok(mut results) => results.pop().unwrap_or_else(|| Err(stopped())),
                     Err(e) => Err(e),
                 };
-                let _ = job.done.send(result);
+                answer(job, result);
             }
         }
     }
+    appended
 }
 
 /// Writes `writes` in one transaction: each write's own result (an ack beyond the

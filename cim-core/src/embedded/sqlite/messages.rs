@@ -15,8 +15,9 @@
 //! - **Search** sees what the user sent, their direct conversations and the named groups. It
 //!   matches every query word as a case-insensitive substring of the body, like the
 //!   reference store: words and bodies are lower-cased by Rust's `str::to_lowercase` (SQLite
-//!   folds ASCII only), and the folded body is indexed by an FTS5 trigram index. Words of
-//!   three characters or more narrow the candidates through the index; an exact `instr` check
+//!   folds ASCII only), and the folded body is indexed by an FTS5 trigram index, filled after
+//!   the append's commit (the `search_index` module). Words of three characters or more narrow
+//!   the candidates through the index (plus the short tail not indexed yet); an exact `instr` check
 //!   on every word then decides, so words shorter than a trigram still match correctly (a query
 //!   of only such words scans the user's visible conversations).
 //! - **Schedules.** A claim is one `UPDATE ... RETURNING` over the due, unclaimed entries:
@@ -69,11 +70,16 @@ macro_rules! search_conditions {
     };
 }
 
-/// Search narrowed by the trigram index: ?6 is the FTS5 query.
+/// Search narrowed by the trigram index: ?6 is the FTS5 query. Messages the writer has not
+/// indexed yet (above the mark, see the `search_index` module) are candidates too, so a search
+/// sees every committed message.
 const SEARCH_INDEXED: &str = concat!(
     "SELECT ",
     message_columns!(),
-    " FROM messages WHERE id IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?6)",
+    " FROM messages WHERE id IN ( \
+         SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?6 \
+         UNION ALL \
+         SELECT id FROM messages WHERE id > (SELECT indexed_up_to FROM search_index_state))",
     search_conditions!()
 );
 

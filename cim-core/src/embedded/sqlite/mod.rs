@@ -32,13 +32,15 @@
 //! - **Versioned migrations** (`migrations/sqlite`, embedded at build time) run at every open;
 //!   applied ones are skipped.
 //! - **Search** uses an FTS5 trigram index over the lower-cased body (see the `messages`
-//!   module).
+//!   module), which the writer fills after each commit rather than inside it (the
+//!   `search_index` module): an acknowledgement waits for the message's rows, not its index.
 
 mod accounts;
 mod columns;
 mod commit;
 mod error;
 mod messages;
+mod search_index;
 
 use std::collections::HashMap;
 use std::fmt;
