@@ -13,12 +13,18 @@
 //! - **Users**, sharded by user id: each user's direct conversations (the group conversations
 //!   come from the caller, but the direct ones only the store knows) and the groups they sent
 //!   to (search shows a user their own messages even in a group they left).
-//! - **Retries**, sharded by sender: the idempotency keys of the last [`DEDUP_WINDOW`], oldest
-//!   first, so the index is bounded by the window and forgets in order, a little at each
-//!   append. A message is stored once and shared (`Arc`) by its log and this index.
+//! - **Retries**, sharded by the idempotency key itself (sender and `client_msg_id`), so that
+//!   one busy sender's keys spread over every shard: the keys of the last [`DEDUP_WINDOW`],
+//!   oldest first, so the index is bounded by the window and forgets in order, a little at each
+//!   append (the append's own shard, and one more in turn, so that every shard forgets within
+//!   64 appends). Each entry keeps its key's hash, so that growing a shard's table moves entries
+//!   without hashing keys again: a sender at 5,000 messages/s once filled one shard's map, and
+//!   its rehash, hashing every key again under the lock, stalled every sender for 20–30 ms
+//!   (BENCHMARKS.md, W5). A message is stored once and shared (`Arc`) by its log and this
+//!   index, which reads the key from the message instead of keeping a copy.
 //! - **Schedules**, behind one mutex: they are few and off the hot path.
 //!
-//! An append takes the sender's retry shard, then the conversation's shard, then the users'
+//! An append takes its key's retry shard, then the conversation's shard, then the users'
 //! shards, one at a time and always in that order; every other operation holds one lock at a
 //! time. Nothing here survives the process, so the capabilities say `durable: false`.
 //!
@@ -29,11 +35,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hashbrown::HashTable;
 use serde::Deserialize;
 
 use crate::message_store::DEDUP_WINDOW;
@@ -77,6 +84,8 @@ pub struct MemoryMessageStore {
     conversations: Box<[Mutex<ConversationShard>]>,
     users: Box<[Mutex<UserShard>]>,
     retries: Box<[Mutex<RetryShard>]>,
+    /// The retry shard the next append sweeps of expired keys.
+    retry_sweep: AtomicUsize,
     schedules: Mutex<Schedules>,
     /// How long a retry is recognised.
     dedup_window: Duration,
@@ -99,11 +108,25 @@ struct UserShard {
 
 #[derive(Default)]
 struct RetryShard {
-    /// Stored messages by their idempotency key (sender, `client_msg_id`).
-    by_key: HashMap<(UserId, String), Arc<StoredMessage>>,
+    /// Stored messages by their idempotency key (sender, `client_msg_id`), with the key's hash.
+    by_key: HashTable<Retry>,
     /// The same messages with when they were stored, oldest first: forgotten once the dedup
     /// window has passed.
-    by_age: VecDeque<(Timestamp, Arc<StoredMessage>)>,
+    by_age: VecDeque<(Timestamp, Retry)>,
+}
+
+/// A stored message in the retry index, with the hash of its idempotency key.
+#[derive(Clone)]
+struct Retry {
+    hash: u64,
+    message: Arc<StoredMessage>,
+}
+
+impl Retry {
+    /// Whether this is the message stored under (`sender`, `client_msg_id`).
+    fn is(&self, sender: UserId, client_msg_id: &str) -> bool {
+        self.message.sender == sender && self.message.client_msg_id == client_msg_id
+    }
 }
 
 #[derive(Default)]
@@ -155,6 +178,7 @@ impl MemoryMessageStore {
             conversations: shards(),
             users: shards(),
             retries: shards(),
+            retry_sweep: AtomicUsize::new(0),
             schedules: Mutex::default(),
             dedup_window: window,
         }
@@ -163,6 +187,28 @@ impl MemoryMessageStore {
     fn shard<'a, T>(&self, shards: &'a [Mutex<T>], key: impl Hash) -> MutexGuard<'a, T> {
         let index = usize::try_from(self.hasher.hash_one(key)).unwrap_or(0) % shards.len();
         lock(&shards[index])
+    }
+
+    /// The hash of the idempotency key (`sender`, `client_msg_id`), for its retry shard and
+    /// that shard's table.
+    fn key_hash(&self, sender: UserId, client_msg_id: &str) -> u64 {
+        self.hasher.hash_one((sender, client_msg_id))
+    }
+
+    /// The retry shard of a key hashed `hash`. It is picked by bits the shard's table does not
+    /// use to place entries (those are the lowest and the top seven), so that the keys of one
+    /// shard still spread over its whole table.
+    fn retry_shard(&self, hash: u64) -> MutexGuard<'_, RetryShard> {
+        let index = usize::try_from(hash >> 40).unwrap_or(0) % self.retries.len();
+        lock(&self.retries[index])
+    }
+
+    /// Forgets the expired keys of the next retry shard in turn, so that every shard forgets
+    /// within [`SHARDS`] appends even when no key of its own comes along. Takes and releases
+    /// that shard's lock before the append takes its own (one retry lock at a time).
+    fn sweep_next_retry_shard(&self, horizon: Timestamp) {
+        let next = self.retry_sweep.fetch_add(1, Ordering::Relaxed) % self.retries.len();
+        lock(&self.retries[next]).forget_before(horizon);
     }
 
     fn conversation_shard(&self, id: ConversationId) -> MutexGuard<'_, ConversationShard> {
@@ -189,12 +235,16 @@ impl MemoryMessageStore {
     fn append_at(&self, message: NewMessage, now: Timestamp) -> Result<Appended> {
         message.validate()?;
         let conversation_id = message.conversation();
-        let mut retries = self.shard(&self.retries, message.sender);
-        retries.forget_before(now.minus(self.dedup_window));
-        let key = (message.sender, message.client_msg_id);
-        if let Some(original) = retries.by_key.get(&key) {
+        let horizon = now.minus(self.dedup_window);
+        self.sweep_next_retry_shard(horizon);
+        let hash = self.key_hash(message.sender, &message.client_msg_id);
+        let mut retries = self.retry_shard(hash);
+        retries.forget_before(horizon);
+        if let Some(original) = retries.by_key.find(hash, |retry| {
+            retry.is(message.sender, &message.client_msg_id)
+        }) {
             return Ok(Appended {
-                message: StoredMessage::clone(original),
+                message: StoredMessage::clone(&original.message),
                 duplicate: true,
             });
         }
@@ -209,7 +259,7 @@ impl MemoryMessageStore {
                 seq: conversation.last_seq,
                 sender: message.sender,
                 to: message.to,
-                client_msg_id: key.1.clone(),
+                client_msg_id: message.client_msg_id,
                 body: message.body,
                 sent_at: message.sent_at,
             });
@@ -239,8 +289,14 @@ impl MemoryMessageStore {
                     .insert(conversation_id);
             }
         }
-        retries.by_key.insert(key, Arc::clone(&stored));
-        retries.by_age.push_back((now, Arc::clone(&stored)));
+        let retry = Retry {
+            hash,
+            message: Arc::clone(&stored),
+        };
+        retries
+            .by_key
+            .insert_unique(hash, retry.clone(), |retry| retry.hash);
+        retries.by_age.push_back((now, retry));
         Ok(Appended {
             message: StoredMessage::clone(&stored),
             duplicate: false,
@@ -275,9 +331,12 @@ impl RetryShard {
             if *stored_at > horizon {
                 break;
             }
-            if let Some((_, message)) = self.by_age.pop_front() {
-                self.by_key
-                    .remove(&(message.sender, message.client_msg_id.clone()));
+            if let Some((_, forgotten)) = self.by_age.pop_front()
+                && let Ok(entry) = self.by_key.find_entry(forgotten.hash, |retry| {
+                    Arc::ptr_eq(&retry.message, &forgotten.message)
+                })
+            {
+                entry.remove();
             }
         }
     }
@@ -678,14 +737,23 @@ mod tests {
         assert!(retry.duplicate, "a retry inside the window is a duplicate");
         assert_eq!(retry.message, first.message);
 
-        // Past the window, the first key is forgotten (a little at each append)...
+        // Past the window, the first key is forgotten (a shard at each append, so every shard
+        // within SHARDS appends, whichever keys come)...
         let after = t0.plus(window + Duration::from_millis(1));
-        store.append_at(message(1, "b"), after).expect("append");
-        assert_eq!(store.remembered_keys(), 1, "only the fresh key is kept");
+        for i in 0..SHARDS {
+            store
+                .append_at(message(1, &format!("fresh-{i}")), after)
+                .expect("append");
+        }
+        assert_eq!(
+            store.remembered_keys(),
+            SHARDS,
+            "only the fresh keys are kept"
+        );
         // ... so the same key now stores a new message, with the next sequence.
         let late = store.append_at(message(1, "a"), after).expect("late retry");
         assert!(!late.duplicate);
-        assert_eq!(late.message.seq, Seq(3));
+        assert_eq!(late.message.seq, Seq(2 + SHARDS as u64));
     }
 
     #[tokio::test]
