@@ -19,7 +19,7 @@
 //! indexed or not. A crash loses no index entry either: what was committed but not indexed is
 //! above the mark, and the writer indexes it after the next open.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::error::During;
 use crate::Result;
@@ -80,10 +80,10 @@ impl SearchIndex {
     pub(super) fn index_batch(&mut self, connection: &mut Connection) {
         match index_batch(connection) {
             Ok(Batch { indexed, more }) => {
-                self.backlog = match (more, self.backlog.saturating_sub(indexed)) {
-                    (false, _) => 0,
-                    (true, 0) => 1,
-                    (true, left) => left,
+                self.backlog = if more {
+                    self.backlog.saturating_sub(indexed).max(1)
+                } else {
+                    0
                 };
             }
             Err(e) => {
@@ -112,15 +112,14 @@ fn index_batch(connection: &mut Connection) -> Result<Batch> {
         .during(OPERATION)?
         .query_row([], |row| row.get(0))
         .during(OPERATION)?;
+    // NULL when nothing is above the mark.
     let top: Option<i64> = tx
         .prepare_cached(
             "SELECT max(id) FROM (SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT ?)",
         )
         .during(OPERATION)?
         .query_row(rusqlite::params![mark, BATCH], |row| row.get(0))
-        .optional()
-        .during(OPERATION)?
-        .flatten();
+        .during(OPERATION)?;
     let Some(top) = top else {
         return Ok(Batch {
             indexed: 0,
@@ -139,15 +138,11 @@ fn index_batch(connection: &mut Connection) -> Result<Batch> {
         .during(OPERATION)?
         .execute([top])
         .during(OPERATION)?;
-    let more: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM messages WHERE id > ?)")
-        .during(OPERATION)?
-        .query_row([top], |row| row.get(0))
-        .during(OPERATION)?;
     tx.commit().during(OPERATION)?;
+    // Only this writer inserts messages, so a batch short of the limit took everything there was.
     Ok(Batch {
         indexed: u64::try_from(indexed).unwrap_or(u64::MAX),
-        more,
+        more: i64::try_from(indexed).is_ok_and(|indexed| indexed >= BATCH),
     })
 }
 
