@@ -37,6 +37,10 @@ pub(crate) struct Settings {
     pub(crate) send_timeout: Duration,
     pub(crate) event_capacity: usize,
     pub(crate) max_pending_sends: usize,
+    /// Whether a reconnect first resumes the login with its current token (a signature check
+    /// at the route) before logging in as at first: true when the client logs in through the
+    /// route itself, false under [`ClientBuilder::login_with`], whose function decides.
+    pub(crate) resume: bool,
 }
 
 /// Configures and connects a [`Client`].
@@ -61,6 +65,7 @@ pub(crate) struct Settings {
 pub struct ClientBuilder {
     route_url: String,
     credentials: Option<(String, String)>,
+    app_token: Option<String>,
     register: bool,
     login: Option<LoginFn>,
     settings: Settings,
@@ -71,6 +76,7 @@ impl fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("route_url", &self.route_url)
             .field("user", &self.credentials.as_ref().map(|(name, _)| name))
+            .field("app_token", &self.app_token.as_ref().map(|_| "<token>"))
             .field("register", &self.register)
             .field("custom_login", &self.login.is_some())
             .field("settings", &self.settings)
@@ -84,6 +90,7 @@ impl ClientBuilder {
         ClientBuilder {
             route_url: route_url.into(),
             credentials: None,
+            app_token: None,
             register: false,
             login: None,
             settings: Settings {
@@ -94,6 +101,7 @@ impl ClientBuilder {
                 send_timeout: Duration::from_secs(30),
                 event_capacity: 1024,
                 max_pending_sends: 1024,
+                resume: true,
             },
         }
     }
@@ -101,6 +109,16 @@ impl ClientBuilder {
     /// The user to log in as.
     pub fn credentials(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
         self.credentials = Some((name.into(), password.into()));
+        self
+    }
+
+    /// Logs in with `token`, a token the application minted for its user (the route's
+    /// `[route.app_tokens]`), instead of a name and password: `POST /api/v1/login/token`, which
+    /// creates the account on its first login. Reconnects resume the cim login it gave; once
+    /// that has expired, `token` is used again (and refused if it has expired too: give the
+    /// client a way to get a fresh one with [`login_with`](Self::login_with) then).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.app_token = Some(token.into());
         self
     }
 
@@ -184,18 +202,24 @@ impl ClientBuilder {
             settings.request_timeout,
             settings.connect_timeout,
         )?;
-        let login = match (self.login, self.credentials) {
-            (Some(login), _) => login,
-            (None, Some((name, password))) => {
+        let mut settings = settings;
+        let login = match (self.login, self.app_token, self.credentials) {
+            (Some(login), _, _) => {
+                settings.resume = false;
+                login
+            }
+            (None, Some(token), _) => route_token_login(route.clone(), token),
+            (None, None, Some((name, password))) => {
                 let credentials = Credentials::new(name, password);
                 if self.register {
                     route.register(&credentials).await?;
                 }
                 route_login(route.clone(), credentials)
             }
-            (None, None) => {
+            (None, None, None) => {
                 return Err(ClientError::InvalidInput(
-                    "no credentials: call ClientBuilder::credentials (or login_with)".into(),
+                    "no credentials: call ClientBuilder::credentials (or token, or login_with)"
+                        .into(),
                 ));
             }
         };
@@ -225,6 +249,11 @@ impl ClientBuilder {
                 "request, connect and send timeouts must be longer than zero".into(),
             ));
         }
+        if self.app_token.as_ref().is_some_and(String::is_empty) {
+            return Err(ClientError::InvalidInput(
+                "the token must not be empty".into(),
+            ));
+        }
         if let Some((name, password)) = &self.credentials
             && (name.is_empty() || password.is_empty())
         {
@@ -242,6 +271,33 @@ fn route_login(route: Route, credentials: Credentials) -> LoginFn {
     Arc::new(move || {
         let (route, credentials) = (route.clone(), Arc::clone(&credentials));
         Box::pin(async move { route.login(&credentials).await }) as LoginFuture
+    })
+}
+
+/// Logging in through the route with an application's token.
+fn route_token_login(route: Route, token: String) -> LoginFn {
+    let token: Arc<str> = token.into();
+    Arc::new(move || {
+        let (route, token) = (route.clone(), Arc::clone(&token));
+        Box::pin(async move { route.login_with_token(&token).await }) as LoginFuture
+    })
+}
+
+/// Logging in again after a lost connection: `token`, the login's current token, resumes it on
+/// a live server (a signature check at the route, no password hash); only when the route
+/// refuses it (expired, logged out) or does not know the call does the client log in with
+/// `login`, as at first. Any other failure is the attempt's: the reconnect loop tries again
+/// later, rather than turn a failover into a storm of password checks.
+pub(crate) fn resuming(route: Route, token: String, login: LoginFn) -> LoginFn {
+    let token: Arc<str> = token.into();
+    Arc::new(move || {
+        let (route, token, login) = (route.clone(), Arc::clone(&token), Arc::clone(&login));
+        Box::pin(async move {
+            match route.login_with_token(&token).await {
+                Err(ClientError::Unauthenticated(_) | ClientError::NotFound(_)) => login().await,
+                resumed => resumed,
+            }
+        }) as LoginFuture
     })
 }
 

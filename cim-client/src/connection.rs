@@ -39,7 +39,7 @@ use tokio_util::codec::Framed;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::builder::{LoginFn, Settings};
+use crate::builder::{LoginFn, Settings, resuming};
 use crate::dedupe::{Arrival, Tracker};
 use crate::error::{ClientError, Result};
 use crate::event::{ConnectionState, DisconnectReason, Event, IncomingMessage};
@@ -973,7 +973,13 @@ impl Task {
             });
             self.while_disconnected(time::sleep(delay)).await?;
             self.set_state(ConnectionState::Connecting);
-            let (settings, login) = (Arc::clone(&self.settings), Arc::clone(&self.login));
+            let settings = Arc::clone(&self.settings);
+            let login = if settings.resume {
+                let token = self.status.borrow().token.clone();
+                resuming(self.route.clone(), token, Arc::clone(&self.login))
+            } else {
+                Arc::clone(&self.login)
+            };
             let attempt_result = self
                 .while_disconnected(async move { establish(&settings, &login).await })
                 .await?;

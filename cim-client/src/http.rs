@@ -11,7 +11,7 @@ use std::time::Duration;
 use cim_proto::http::{
     AddMemberRequest, CreateGroupRequest, Credentials, ErrorBody, GroupRole, GroupView,
     LoginResponse, MemberView, MessageView, OnlineUser, PageOf, ServerView, SetRoleRequest,
-    TokenResponse, UpdateGroupRequest, UserView,
+    TokenLogin, TokenResponse, UpdateGroupRequest, UserView,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::Deserialize;
@@ -137,6 +137,17 @@ impl Route {
         let url = self.url(&["login"], &[]);
         let request = self.request(Method::POST, url, None).json(credentials);
         self.call(request, "logging in").await
+    }
+
+    /// `POST /api/v1/login/token`: a login with `token`, a cim token to resume or an
+    /// application's token.
+    pub(crate) async fn login_with_token(&self, token: &str) -> Result<LoginResponse> {
+        let url = self.url(&["login", "token"], &[]);
+        let body = TokenLogin {
+            token: token.to_string(),
+        };
+        let request = self.request(Method::POST, url, None).json(&body);
+        self.call(request, "logging in with a token").await
     }
 
     /// `POST /api/v1/token`: a fresh token for the login `token` belongs to.

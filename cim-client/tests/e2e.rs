@@ -408,6 +408,66 @@ async fn a_client_whose_server_stops_reconnects_to_another_and_chats_again() {
 }
 
 #[tokio::test]
+async fn a_client_of_an_expired_application_token_resumes_its_login_on_another_server() {
+    const SECRET: &str = "the application's secret, 32 bytes or more";
+    let mut route_config = test_route_config();
+    route_config.app_tokens.hs256_secret = Some(SECRET.into());
+    route_config.app_tokens.leeway = Duration::ZERO;
+    let mut system = System::start_with(&["s1", "s2"], route_config, generous_limits()).await;
+    // The application's token is good for about a second: long enough to log in once.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 1;
+    let app_token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "walt", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    let builder = || {
+        ClientBuilder::new(&system.route_url)
+            .token(app_token.clone())
+            .reconnect(
+                ReconnectPolicy::default()
+                    .initial_backoff(Duration::from_millis(50))
+                    .max_backoff(Duration::from_millis(200)),
+            )
+    };
+    let walt = within("connecting", builder().connect())
+        .await
+        .expect("the application's token logs walt in");
+    let mut events = walt.events().expect("stream");
+    let first_server = walt.info().server_id;
+
+    // Wait for the application's token to expire (the time is the test's subject here): from
+    // then on only the cim login it gave can bring walt back.
+    let expired_at = std::time::UNIX_EPOCH + Duration::from_secs(exp + 1);
+    if let Ok(left) = expired_at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
+    }
+    let refused = within("a login with the expired token", builder().connect()).await;
+    assert!(
+        matches!(refused, Err(cim_client::ClientError::Unauthenticated(_))),
+        "the application's token has expired: {refused:?}"
+    );
+
+    let user_id = walt.info().user_id;
+    system
+        .take_server(&first_server)
+        .shutdown()
+        .await
+        .expect("clean shutdown");
+    wait_for_state(&mut events, |state| {
+        matches!(state, ConnectionState::Connected { server_id } if *server_id != first_server)
+    })
+    .await;
+    // Only a resume could do this: the application's token is refused now.
+    assert_eq!(walt.info().user_id, user_id, "the same user, back");
+}
+
+#[tokio::test]
 async fn a_second_login_kicks_the_first() {
     let system = System::start(&["s1"]).await;
     let (first, mut first_events) = system.join("alice").await;

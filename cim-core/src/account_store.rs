@@ -49,7 +49,8 @@ impl AccountCapabilities {
 ///   of one name (or of look-alike names) exactly one succeeds; the others fail with
 ///   [`AlreadyExists`](crate::ErrorKind::AlreadyExists). Look-ups by name use the canonical
 ///   form, so `user_by_name("ALICE")` finds `Alice`.
-/// - **Passwords.** The store keeps only the [`PasswordHash`] of [`NewUser`] (argon2id, salted).
+/// - **Passwords.** The store keeps only the [`PasswordHash`] of [`NewUser`] (argon2id, salted,
+///   or [`PasswordHash::none`] for an account without a password, which it keeps the same way).
 ///   [`verify_credentials`](Self::verify_credentials) answers
 ///   [`Unauthenticated`](crate::ErrorKind::Unauthenticated) for an unknown name and for a wrong
 ///   password alike, taking as long for both.
@@ -104,11 +105,17 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn verify_credentials(&self, name: &str, password: &str) -> Result<User> {
         let rejected = || Error::unauthenticated("unknown user name or wrong password");
         match self.credentials(name).await? {
-            Some((user, hash)) if hash.verify(password).await? => Ok(user),
-            Some(_) => Err(rejected()),
-            None => {
-                // Spend the time a real check takes, so that response times do not tell which
-                // names exist.
+            Some((user, hash)) if !hash.is_none() => {
+                if hash.verify(password).await? {
+                    Ok(user)
+                } else {
+                    Err(rejected())
+                }
+            }
+            // An unknown name, or an account without a password (created from an application's
+            // token): spend the time a real check takes, so that response times do not tell
+            // which names exist or how they log in.
+            _ => {
                 let _ = decoy_hash().await?.verify(password).await;
                 Err(rejected())
             }

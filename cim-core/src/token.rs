@@ -193,6 +193,18 @@ impl TokenKey {
         })
     }
 
+    /// Like [`verify`](Self::verify), but `Ok(None)` for a token this key did not sign (another
+    /// signature or algorithm): for an endpoint that also takes tokens signed by someone else
+    /// (an application's). A token this key signed that is expired or not a login token is
+    /// still `Unauthenticated`.
+    pub fn verify_own(&self, token: &str) -> Result<Option<Claims>> {
+        match self.verify(token) {
+            Ok(claims) => Ok(Some(claims)),
+            Err(e) if std::error::Error::source(&e).is_some_and(not_signed_here) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The payload of a token signed with this key and not expired.
     fn decode(&self, token: &str) -> Result<JwtClaims> {
         let mut validation = Validation::new(Algorithm::HS256);
@@ -213,6 +225,19 @@ impl TokenKey {
             })?;
         Ok(data.claims)
     }
+}
+
+/// Whether `error` says that a token was not signed with the key it was checked against.
+fn not_signed_here(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<jsonwebtoken::errors::Error>()
+        .is_some_and(|e| {
+            matches!(
+                e.kind(),
+                jsonwebtoken::errors::ErrorKind::InvalidSignature
+                    | jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+            )
+        })
 }
 
 /// A random 128-bit id, hex-encoded (32 characters).
@@ -318,6 +343,30 @@ mod tests {
             .invite(None, Duration::from_secs(60))
             .expect("invite");
         assert_eq!(key(1).verify_invitation(&open).expect("valid").name, None);
+    }
+
+    #[test]
+    fn only_tokens_of_another_key_are_not_our_own() {
+        let (token, _) = key(1)
+            .issue(UserId(3), "c", Duration::from_secs(60))
+            .expect("issue");
+        assert_eq!(
+            key(1).verify_own(&token).expect("ours").map(|c| c.user_id),
+            Some(UserId(3))
+        );
+        assert_eq!(key(2).verify_own(&token).expect("another key's"), None);
+        let expired = key(1)
+            .sign(
+                UserId(1),
+                "a",
+                "s",
+                None,
+                Timestamp::now().minus(Duration::from_secs(10)),
+            )
+            .expect("sign")
+            .0;
+        assert!(key(1).verify_own(&expired).is_err(), "ours, but expired");
+        assert!(key(1).verify_own("abc").is_err(), "malformed is nobody's");
     }
 
     #[test]

@@ -42,25 +42,32 @@ impl FromRequestParts<SharedState> for Auth {
                 )
             })?;
         let claims = state.key.verify(token)?;
-        if claims.user_name.starts_with(PEER_NAME_PREFIX) {
-            // Servers and routes sign tokens for their internal links with the same secret;
-            // such a token names no user and opens nothing here.
-            return Err(ApiError::unauthenticated(
-                "this token belongs to an internal link, not to a user; log in as a user",
-            ));
-        }
-        if state
-            .stores
-            .accounts
-            .is_session_revoked(&claims.session_id)
-            .await?
-        {
-            return Err(ApiError::unauthenticated(
-                "this login was ended (logged out); log in again",
-            ));
-        }
+        check_login(state, &claims).await?;
         Ok(Auth(claims))
     }
+}
+
+/// Fails unless `claims`, of a token this deployment signed, are a user's login that is still
+/// on: not an internal link's, not revoked (logged out).
+pub(crate) async fn check_login(state: &SharedState, claims: &Claims) -> Result<(), ApiError> {
+    if claims.user_name.starts_with(PEER_NAME_PREFIX) {
+        // Servers and routes sign tokens for their internal links with the same secret;
+        // such a token names no user and opens nothing here.
+        return Err(ApiError::unauthenticated(
+            "this token belongs to an internal link, not to a user; log in as a user",
+        ));
+    }
+    if state
+        .stores
+        .accounts
+        .is_session_revoked(&claims.session_id)
+        .await?
+    {
+        return Err(ApiError::unauthenticated(
+            "this login was ended (logged out); log in again",
+        ));
+    }
+    Ok(())
 }
 
 /// The caller presented the admin credential (`[route] admin_token`).

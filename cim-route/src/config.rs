@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 use cim_core::SecretString;
+
+pub use crate::app_tokens::AppTokenConfig;
 use cim_pipeline::rate_limit::Allowance;
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +78,13 @@ pub struct RouteConfig {
     pub admin_token: Option<SecretString>,
     /// How often, and how many at once, logins and sign-ups may check a password.
     pub logins: LoginLimits,
+    /// Whether users may log in with a name and password (`POST /api/v1/login`; default true).
+    /// Off, only tokens log in: an application's (`[route.app_tokens]`), or a cim token being
+    /// resumed; sign-ups are refused too, since their accounts could not log in.
+    pub password_logins: bool,
+    /// The keys of tokens an application mints for its own users (`POST /api/v1/login/token`);
+    /// nothing set (the default) turns application tokens off.
+    pub app_tokens: AppTokenConfig,
 }
 
 /// Who may create accounts.
@@ -159,6 +168,12 @@ impl RouteConfig {
                  made with the admin API",
             ));
         }
+        if !self.password_logins && !self.app_tokens.enabled() {
+            return Err(cim_core::Error::config(
+                "[route] password_logins = false needs [route.app_tokens]: with neither, no one \
+                 could ever log in",
+            ));
+        }
         for (key, value) in [
             ("header_timeout", self.header_timeout),
             ("body_timeout", self.body_timeout),
@@ -195,6 +210,8 @@ impl Default for RouteConfig {
             signups: SignupPolicy::Open,
             admin_token: None,
             logins: LoginLimits::default(),
+            password_logins: true,
+            app_tokens: AppTokenConfig::default(),
         }
     }
 }

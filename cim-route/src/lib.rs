@@ -27,6 +27,7 @@
 //! ```
 
 mod api;
+mod app_tokens;
 mod auth;
 mod config;
 mod discovery;
@@ -40,5 +41,6 @@ mod state;
 mod throttle;
 mod views;
 
-pub use config::{LoginLimits, LoginPolicy, RouteConfig, SignupPolicy};
+pub use app_tokens::MAX_GROUPS;
+pub use config::{AppTokenConfig, LoginLimits, LoginPolicy, RouteConfig, SignupPolicy};
 pub use route::Route;

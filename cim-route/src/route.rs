@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api;
+use crate::app_tokens::AppTokens;
 use crate::config::RouteConfig;
 use crate::discovery::{Discovery, Subscribers};
 use crate::serve::{self, HttpLimits};
@@ -51,18 +52,21 @@ impl Route {
     ) -> Result<Route> {
         let peers = PeerPool::new(config.name.clone(), key.clone(), config.max_frame_len);
         let pipeline = Pipeline::new(stores, limits, &names, peers, None)?;
-        Ok(Route::with_pipeline(config, pipeline, key, names))
+        Route::with_pipeline(config, pipeline, key, names)
     }
 
     /// A route whose HTTP sends go through `pipeline`, shared with a server in the same
     /// process (`cim standalone`): one rate limit per user for both, and deliveries straight
     /// to the server's connections.
+    ///
+    /// `Config` if a key file of `[route.app_tokens]` cannot be read or holds no usable key.
     pub fn with_pipeline(
         config: RouteConfig,
         pipeline: Pipeline,
         key: TokenKey,
         names: NameRules,
-    ) -> Route {
+    ) -> Result<Route> {
+        let app_tokens = AppTokens::load(&config.app_tokens)?;
         let stores: Stores = pipeline.stores().clone();
         let peers = pipeline.peers().clone();
         let (cluster_tx, cluster) = watch::channel(Arc::new(Vec::new()));
@@ -77,6 +81,7 @@ impl Route {
         );
         let state = Arc::new(AppState {
             throttle: Throttle::new(config.logins.clone()),
+            app_tokens,
             config,
             names,
             stores,
@@ -85,10 +90,10 @@ impl Route {
             pipeline,
             cluster,
         });
-        Route {
+        Ok(Route {
             state,
             _discovery: discovery,
-        }
+        })
     }
 
     /// The configuration in force.

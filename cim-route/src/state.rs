@@ -7,6 +7,7 @@ use cim_core::{NameRules, ServerInfo, Stores};
 use cim_pipeline::{PeerPool, Pipeline};
 use tokio::sync::watch;
 
+use crate::app_tokens::AppTokens;
 use crate::config::RouteConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::throttle::Throttle;
@@ -32,6 +33,8 @@ pub(crate) struct AppState {
     pub(crate) cluster: watch::Receiver<Arc<Vec<ServerInfo>>>,
     /// Failed logins and password checks in flight, per account and source.
     pub(crate) throttle: Throttle,
+    /// The keys of application tokens, when `[route.app_tokens]` turns them on.
+    pub(crate) app_tokens: Option<AppTokens>,
 }
 
 impl AppState {

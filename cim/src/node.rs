@@ -170,7 +170,7 @@ pub async fn standalone(file: Option<&Path>, overrides: StandaloneOverrides) -> 
         server.pipeline().clone(),
         key,
         core.names.clone(),
-    );
+    )?;
 
     println!("cim standalone is running");
     println!("  route (HTTP API): http://{http}");

@@ -57,6 +57,10 @@ pub fn cases() -> Vec<Case<dyn AccountStore>> {
             boxed(credentials_keep_the_hash_and_never_the_password(h))
         }),
         Case::always(
+            "an_account_without_a_password_is_kept_and_never_verifies",
+            |h| boxed(an_account_without_a_password_is_kept_and_never_verifies(h)),
+        ),
+        Case::always(
             "a_revoked_session_stays_revoked_until_its_time_and_others_are_not",
             |h| boxed(a_revoked_session_stays_revoked_until_its_time_and_others_are_not(h)),
         ),
@@ -566,6 +570,30 @@ pub async fn credentials_keep_the_hash_and_never_the_password(h: Accounts) {
         .await
         .must("credentials(unknown)");
     assert!(nobody.is_none(), "an unknown name has no credentials");
+}
+
+/// An account made without a password (from an application's token) is a user like any other,
+/// its [`PasswordHash::none`](cim_core::PasswordHash::none) read back as none, and no password
+/// logs it in.
+pub async fn an_account_without_a_password_is_kept_and_never_verifies(h: Accounts) {
+    let store = h.store().await;
+    let new = NewUser::without_password("Dora", &NameRules::default()).must("a valid name");
+    let dora = store.create_user(new).await.must("create_user(\"Dora\")");
+    let Some((user, hash)) = store.credentials("dora").await.must("credentials") else {
+        panic!("credentials(\"dora\") found nobody, expected \"Dora\"");
+    };
+    assert_eq!(user, dora, "credentials return the user");
+    assert!(
+        hash.is_none(),
+        "the stored hash is still the hash of no password"
+    );
+    for password in ["x", PASSWORD, "$cim-no-password"] {
+        assert_kind(
+            store.verify_credentials("Dora", password).await,
+            ErrorKind::Unauthenticated,
+            &format!("verify_credentials(\"Dora\", {password:?}) of an account without a password"),
+        );
+    }
 }
 
 /// Prefix search returns exactly the users whose canonical name starts with the canonical

@@ -40,6 +40,15 @@ impl Credentials {
     }
 }
 
+/// `POST /api/v1/login/token`: log in with a token instead of a password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenLogin {
+    /// A cim token that is still valid (a client that lost its server re-places itself with
+    /// it, keeping its login), or a token the application minted for its user (see the route's
+    /// `[route.app_tokens]`).
+    pub token: String,
+}
+
 /// `POST /api/v1/token`: a fresh token for the caller's login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenResponse {
@@ -90,7 +99,7 @@ pub struct ServerAddress {
     pub port: u16,
 }
 
-/// The answer to `POST /api/v1/login`.
+/// The answer to `POST /api/v1/login` and `POST /api/v1/login/token`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginResponse {
     /// The user's id.

@@ -43,6 +43,18 @@ impl NewUser {
         })
     }
 
+    /// Validates `name` for an account without a password ([`PasswordHash::none`]): one that
+    /// an application's token created, which only such a token logs in.
+    pub fn without_password(name: &str, rules: &NameRules) -> Result<Self> {
+        let name = rules.validate("user name", name)?;
+        Ok(NewUser {
+            canonical: canonical_name(&name),
+            skeleton: name_skeleton(&name),
+            name,
+            password_hash: PasswordHash::none(),
+        })
+    }
+
     /// The name to store and show (NFC).
     pub fn name(&self) -> &str {
         &self.name
@@ -85,5 +97,21 @@ mod tests {
         let user = NewUser::new("Alice", "pw", &rules).await.expect("valid");
         assert_eq!(user.name(), "Alice");
         assert_eq!(user.canonical_name(), "alice");
+    }
+
+    #[tokio::test]
+    async fn an_account_without_a_password_matches_no_password() {
+        let rules = NameRules::default();
+        assert!(NewUser::without_password("a b", &rules).is_err());
+        let user = NewUser::without_password("Bob", &rules).expect("valid");
+        assert!(user.password_hash().is_none());
+        let stored = PasswordHash::from_phc(user.password_hash().as_phc()).expect("a PHC string");
+        assert!(stored.is_none(), "read back from storage, it is still none");
+        for password in ["", "x", "$cim-no-password"] {
+            assert!(
+                !stored.verify(password).await.expect("verify"),
+                "{password}"
+            );
+        }
     }
 }

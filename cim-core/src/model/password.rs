@@ -61,6 +61,18 @@ impl PasswordHash {
         .await
     }
 
+    /// The hash of an account that has no password (one created from an application's token):
+    /// no password matches it. It is a PHC string of its own algorithm, `$cim-no-password`, so
+    /// every backend stores and reads it back like any other hash.
+    pub fn none() -> Self {
+        PasswordHash(NO_PASSWORD.to_string())
+    }
+
+    /// Whether this is the hash of an account without a password ([`PasswordHash::none`]).
+    pub fn is_none(&self) -> bool {
+        self.0 == NO_PASSWORD
+    }
+
     /// Rebuilds a hash read back from storage; fails if `phc` is not a PHC string.
     pub fn from_phc(phc: impl Into<String>) -> Result<Self> {
         let phc = phc.into();
@@ -76,7 +88,7 @@ impl PasswordHash {
     /// Whether `password` matches, checked on a blocking thread (with the parameters the hash
     /// was made with, which may be other than today's defaults).
     pub async fn verify(&self, password: &str) -> Result<bool> {
-        if password.len() > Self::MAX_PASSWORD_LEN {
+        if password.len() > Self::MAX_PASSWORD_LEN || self.is_none() {
             return Ok(false);
         }
         let phc = self.0.clone();
@@ -110,6 +122,9 @@ impl PasswordHash {
         .await
     }
 }
+
+/// The PHC string of [`PasswordHash::none`].
+const NO_PASSWORD: &str = "$cim-no-password";
 
 impl fmt::Debug for PasswordHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -28,6 +28,14 @@ pub(crate) async fn create(
     admin: AdminPresented,
     JsonBody(credentials): JsonBody<Credentials>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
+    if !state.config.password_logins {
+        return Err(cim_core::Error::permission_denied(
+            "password logins are off on this deployment ([route] password_logins), so accounts \
+             are not created with a password: an application's token creates its user's account \
+             on first login (POST /api/v1/login/token)",
+        )
+        .into());
+    }
     // Validate the name before spending a sign-up (and a password hash) on it.
     state.names.validate("user name", &credentials.name)?;
     if !admin.0 {

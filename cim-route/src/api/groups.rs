@@ -108,15 +108,7 @@ pub(crate) async fn add_member(
     if state.stores.accounts.user(user).await?.is_none() {
         return Err(ApiError::not_found(format!("there is no user {user}")));
     }
-    let conversation = ConversationId::Group(group);
-    // Read before adding: a message appended in between is then delivered to the newcomer,
-    // rather than acknowledged for them unseen.
-    let backlog_end = state.stores.messages.last_seq(conversation).await?;
-    let since = Seq(backlog_end.0 + 1);
-    let added = state
-        .stores
-        .accounts
-        .add_member(group, user, since)
+    let added = enrol(&state, group, user)
         .await
         .map_err(|e| match e.kind() {
             cim_core::ErrorKind::PermissionDenied if user == caller.user_id => {
@@ -126,18 +118,36 @@ pub(crate) async fn add_member(
         })?;
     if added {
         tracing::info!(%group, %user, by = %caller.user_id, "member added");
-        if backlog_end > Seq::ZERO
-            && let Err(error) = state
-                .stores
-                .messages
-                .ack(user, conversation, backlog_end)
-                .await
-        {
-            // The membership stands; the newcomer receives the backlog instead.
-            tracing::warn!(%error, %group, %user, "cannot skip the group's backlog for a new member");
-        }
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Adds `user` to `group` as a member from now on: what was sent before is acknowledged for
+/// them (they read it in history if the group lets them), what follows is delivered. False if
+/// they were a member already; `PermissionDenied` if banned.
+pub(crate) async fn enrol(
+    state: &SharedState,
+    group: GroupId,
+    user: UserId,
+) -> cim_core::Result<bool> {
+    let conversation = ConversationId::Group(group);
+    // Read before adding: a message appended in between is then delivered to the newcomer,
+    // rather than acknowledged for them unseen.
+    let backlog_end = state.stores.messages.last_seq(conversation).await?;
+    let since = Seq(backlog_end.0 + 1);
+    let added = state.stores.accounts.add_member(group, user, since).await?;
+    if added
+        && backlog_end > Seq::ZERO
+        && let Err(error) = state
+            .stores
+            .messages
+            .ack(user, conversation, backlog_end)
+            .await
+    {
+        // The membership stands; the newcomer receives the backlog instead.
+        tracing::warn!(%error, %group, %user, "cannot skip the group's backlog for a new member");
+    }
+    Ok(added)
 }
 
 /// `?name=`.

@@ -41,6 +41,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         get("/api/v1/openapi.json", health::openapi),
         post("/api/v1/accounts", accounts::create),
         post("/api/v1/login", sessions::login),
+        post("/api/v1/login/token", sessions::login_with_token),
         post("/api/v1/logout", sessions::logout),
         post("/api/v1/token", sessions::refresh),
         post("/api/v1/admin/invitations", admin::invite),

@@ -67,9 +67,12 @@ pub fn test_config() -> RouteConfig {
     }
 }
 
+/// The secret every test route signs its tokens with.
+pub const TEST_SECRET: [u8; 32] = [42; 32];
+
 /// The key every test route signs with.
 pub fn test_key() -> TokenKey {
-    TokenKey::new(&[42; 32]).expect("32 bytes is enough")
+    TokenKey::new(&TEST_SECRET).expect("32 bytes is enough")
 }
 
 /// Fresh memory backends around `balancer`.

@@ -9,4 +9,5 @@ mod harness;
 mod login;
 mod messages;
 mod service;
+mod tokens;
 mod users;
