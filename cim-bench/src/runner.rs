@@ -58,7 +58,7 @@ enum Case {
     W1SameServer,
     W1AcrossServers,
     W2(usize),
-    W3,
+    W3(w3::Mode),
     W4(usize),
     W5(w5::Case),
     W6,
@@ -69,7 +69,7 @@ impl Case {
         match workload {
             Workload::W1 => vec![Case::W1SameServer, Case::W1AcrossServers],
             Workload::W2 => sizes.w2_groups.iter().map(|n| Case::W2(*n)).collect(),
-            Workload::W3 => vec![Case::W3],
+            Workload::W3 => w3::Mode::ALL.into_iter().map(Case::W3).collect(),
             Workload::W4 => sizes.w4_connections.iter().map(|n| Case::W4(*n)).collect(),
             Workload::W5 => vec![Case::W5(w5::Case::OneToOne), Case::W5(w5::Case::FanOut)],
             Workload::W6 => vec![Case::W6],
@@ -80,7 +80,7 @@ impl Case {
         match self {
             Case::W1SameServer | Case::W1AcrossServers => "W1",
             Case::W2(_) => "W2",
-            Case::W3 => "W3",
+            Case::W3(_) => "W3",
             Case::W4(_) => "W4",
             Case::W5(_) => "W5",
             Case::W6 => "W6",
@@ -92,7 +92,7 @@ impl Case {
             Case::W1SameServer => w1::SAME_SERVER.into(),
             Case::W1AcrossServers => w1::ACROSS_SERVERS.into(),
             Case::W2(n) => w2::case(n),
-            Case::W3 => w3::CASE.into(),
+            Case::W3(mode) => mode.case().into(),
             Case::W4(n) => w4::case(n),
             Case::W5(case) => case.name(ctx),
             Case::W6 => w6::CASE.into(),
@@ -101,7 +101,10 @@ impl Case {
 
     /// Cases only cim can run (the others have no cluster or no failover semantics here).
     fn cim_only(self) -> bool {
-        matches!(self, Case::W1AcrossServers | Case::W6)
+        matches!(
+            self,
+            Case::W1AcrossServers | Case::W6 | Case::W3(w3::Mode::Resume | w3::Mode::AppToken)
+        )
     }
 
     fn plan(self, ctx: &Ctx<'_>) -> Plan {
@@ -110,7 +113,7 @@ impl Case {
             Case::W1SameServer => w1::plan(ctx, 1),
             Case::W1AcrossServers => w1::plan(ctx, 2),
             Case::W2(n) => w2::plan(n),
-            Case::W3 => w3::plan(sizes.w3_clients),
+            Case::W3(mode) => w3::plan(sizes.w3_clients, mode),
             Case::W4(n) => w4::plan(w4::capped(n)),
             Case::W5(case) => case.plan(ctx),
             Case::W6 => w6::plan(sizes.w6_servers, sizes.w6_clients),
@@ -127,7 +130,7 @@ impl Case {
             Case::W1SameServer => w1::run(ctx, wire, dep, w1::SAME_SERVER).await,
             Case::W1AcrossServers => w1::run(ctx, wire, dep, w1::ACROSS_SERVERS).await,
             Case::W2(n) => w2::run(ctx, wire, dep, n).await,
-            Case::W3 => w3::run(ctx, wire, dep).await,
+            Case::W3(mode) => w3::run(ctx, wire, dep, mode).await,
             Case::W4(n) => w4::run(ctx, wire, dep, n).await,
             Case::W5(case) => w5::run(ctx, wire, dep, case).await,
             Case::W6 => w6::run(ctx, dep).await,
@@ -186,9 +189,18 @@ pub async fn run(env: &Env, config: &RunConfig) -> Vec<Measurement> {
                             let mut m =
                                 Measurement::new(case.workload(), &name, kind.name(), round);
                             m.status = "skipped".into();
-                            m.reason = Some(format!(
-                                "n/a: the bench runs {kind} as a single server without this scenario"
-                            ));
+                            m.reason = Some(if matches!(case, Case::W3(_)) {
+                                format!(
+                                    "n/a: {kind} has no route to log in at; its handshake is \
+                                     measured in \"{}\"",
+                                    w3::Mode::Password.case()
+                                )
+                            } else {
+                                format!(
+                                    "n/a: the bench runs {kind} as a single server without this \
+                                     scenario"
+                                )
+                            });
                             results.push(m);
                         }
                         continue;

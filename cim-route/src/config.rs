@@ -30,6 +30,12 @@ pub struct RouteConfig {
     /// chosen. Written like `500ms`.
     #[serde(with = "humantime_serde")]
     pub reachability_timeout: Duration,
+    /// How long a server that accepted that connection is taken as reachable without another
+    /// one, so that a login storm costs a probe per server per interval, not one per login; a
+    /// server dying within it gets a few clients that fail to connect and log in again. `0s`
+    /// probes at every login. Written like `250ms` (the default).
+    #[serde(with = "humantime_serde")]
+    pub reachability_cache: Duration,
     /// The largest page a listing returns. A larger `limit` is lowered to this; a missing one
     /// means this.
     pub max_page: u32,
@@ -197,6 +203,7 @@ impl Default for RouteConfig {
             token_ttl: Duration::from_secs(24 * 60 * 60),
             login_policy: LoginPolicy::Replace,
             reachability_timeout: Duration::from_millis(500),
+            reachability_cache: Duration::from_millis(250),
             max_page: 100,
             max_request_len: 64 * 1024,
             name: "route".to_string(),

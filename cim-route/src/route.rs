@@ -22,6 +22,7 @@ use crate::api;
 use crate::app_tokens::AppTokens;
 use crate::config::RouteConfig;
 use crate::discovery::{Discovery, Subscribers};
+use crate::placement::Probes;
 use crate::serve::{self, HttpLimits};
 use crate::state::{AppState, SharedState};
 use crate::throttle::Throttle;
@@ -82,6 +83,7 @@ impl Route {
         let state = Arc::new(AppState {
             throttle: Throttle::new(config.logins.clone()),
             app_tokens,
+            probes: Probes::new(config.reachability_timeout, config.reachability_cache),
             config,
             names,
             stores,

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::app_tokens::AppTokens;
 use crate::config::RouteConfig;
 use crate::error::{ApiError, ApiResult};
+use crate::placement::Probes;
 use crate::throttle::Throttle;
 
 /// The state shared by every request.
@@ -35,6 +36,8 @@ pub(crate) struct AppState {
     pub(crate) throttle: Throttle,
     /// The keys of application tokens, when `[route.app_tokens]` turns them on.
     pub(crate) app_tokens: Option<AppTokens>,
+    /// Which servers accepted a connection lately.
+    pub(crate) probes: Probes,
 }
 
 impl AppState {

@@ -1,56 +1,95 @@
 //! A real multi-process cluster: one `cim route` and two `cim server` processes sharing Redis
 //! (discovery, sessions) and PostgreSQL (accounts, messages), configured by a file alone, as a
 //! deployment runs them. Users on different servers chat; a server is killed with SIGKILL and
-//! its user comes back through the other server without losing a message.
+//! its user comes back through the other server without losing a message. Users the
+//! application vouches for with its own tokens (HS256, and RS256 checked against a JWKS file)
+//! chat across the servers without ever having had an account.
 
 mod common;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use cim_backend_fixtures::{postgres, redis};
+use cim_client::{Client, ClientBuilder, Events, ReconnectPolicy};
 use common::{cluster_config, connect, fixture, free_port, next_body, server_env, start};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+/// `node-1` and `node-2` and a route, on Redis (meta, sessions) and PostgreSQL (accounts,
+/// messages), every process configured by one file.
+struct TwoServers {
+    route_url: String,
+    node_one: tokio::process::Child,
+    _node_two: tokio::process::Child,
+    _route: tokio::process::Child,
+    _dir: tempfile::TempDir,
+    // Dropped last: the backends outlive the processes using them.
+    _redis: redis::RedisTarget,
+    _postgres: postgres::PostgresTarget,
+}
+
+impl TwoServers {
+    /// The cluster under `namespace`, the route started with `route_env` as well; `None` when
+    /// a backend is missing (the fixture says SKIPPED and why).
+    async fn start(namespace: &str, route_env: &[(&str, String)]) -> Option<TwoServers> {
+        let redis = fixture(redis::redis).await?;
+        let postgres = fixture(postgres::postgres).await?;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let route_port = free_port();
+        let config = cluster_config(
+            dir.path(),
+            namespace,
+            &format!(
+                "backend = \"redis\"\nurl = \"{}\"\nttl = \"2s\"",
+                redis.address()
+            ),
+            &format!(
+                "backend = \"redis\"\nurl = \"{}\"\nttl = \"3s\"",
+                redis.address()
+            ),
+            &postgres.address(),
+            route_port,
+        );
+        let (one, one_internal, two, two_internal) =
+            (free_port(), free_port(), free_port(), free_port());
+        let node_one = start(
+            "server",
+            &config,
+            &server_env("node-1", one, one_internal),
+            "is running",
+        )
+        .await;
+        let node_two = start(
+            "server",
+            &config,
+            &server_env("node-2", two, two_internal),
+            "is running",
+        )
+        .await;
+        let route = start("route", &config, route_env, "is running").await;
+        Some(TwoServers {
+            _redis: redis,
+            _postgres: postgres,
+            route_url: format!("http://127.0.0.1:{route_port}"),
+            node_one,
+            _node_two: node_two,
+            _route: route,
+            _dir: dir,
+        })
+    }
+
+    /// SIGKILLs node-1: no deregistration, no goodbye.
+    async fn kill_node_one(&mut self) {
+        self.node_one.start_kill().expect("SIGKILL node-1");
+        let _ = self.node_one.wait().await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_and_a_route_on_redis_and_postgres_survive_losing_a_server() {
-    let Some(redis) = fixture(redis::redis).await else {
+    let Some(mut cluster) = TwoServers::start("cluster_test", &[]).await else {
         return;
     };
-    let Some(postgres) = fixture(postgres::postgres).await else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let route_port = free_port();
-    let config = cluster_config(
-        dir.path(),
-        "cluster_test",
-        &format!(
-            "backend = \"redis\"\nurl = \"{}\"\nttl = \"2s\"",
-            redis.address()
-        ),
-        &format!(
-            "backend = \"redis\"\nurl = \"{}\"\nttl = \"3s\"",
-            redis.address()
-        ),
-        &postgres.address(),
-        route_port,
-    );
-
-    let (one, one_internal, two, two_internal) =
-        (free_port(), free_port(), free_port(), free_port());
-    let mut node_one = start(
-        "server",
-        &config,
-        &server_env("node-1", one, one_internal),
-        "is running",
-    )
-    .await;
-    let _node_two = start(
-        "server",
-        &config,
-        &server_env("node-2", two, two_internal),
-        "is running",
-    )
-    .await;
-    let _route = start("route", &config, &[], "is running").await;
-    let route_url = format!("http://127.0.0.1:{route_port}");
+    let route_url = cluster.route_url.clone();
 
     // Round robin over two servers: two logins in a row land on different servers.
     let (alice, mut alice_events) = connect(&route_url, "alice").await;
@@ -79,8 +118,7 @@ async fn two_servers_and_a_route_on_redis_and_postgres_survive_losing_a_server()
     } else {
         (bob, bob_events, alice)
     };
-    node_one.start_kill().expect("SIGKILL node-1");
-    let _ = node_one.wait().await;
+    cluster.kill_node_one().await;
     for i in 0..20 {
         survivor
             .send_to_user(victim.info().user_id, format!("during the outage {i}"))
@@ -99,4 +137,109 @@ async fn two_servers_and_a_route_on_redis_and_postgres_survive_losing_a_server()
         "node-2",
         "the victim reconnected to the surviving server"
     );
+}
+
+/// The shared secret of the application in [`application_tokens_log_in_users_who_have_no_account_across_a_cluster`].
+const APP_SECRET: &str = "the application's secret, 32 bytes or more";
+
+/// The route tests' key pairs (test keys only: see cim-route/tests/keys/README.md).
+fn test_key(file: &str) -> String {
+    format!(
+        "{}/../cim-route/tests/keys/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A token the application mints for `subject`, valid for ten minutes: HS256 with the shared
+/// secret, or RS256 with the test RSA key under the JWKS's `kid`.
+fn app_token(subject: &str, rs256: bool) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 600;
+    let claims = serde_json::json!({"sub": subject, "exp": exp});
+    if rs256 {
+        let pem = std::fs::read(test_key("rsa-private.pem")).expect("the test RSA key");
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("test-rsa".into());
+        let key = EncodingKey::from_rsa_pem(&pem).expect("a private key");
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    } else {
+        let key = EncodingKey::from_secret(APP_SECRET.as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign")
+    }
+}
+
+async fn connect_with_token(route: &str, token: String) -> (Client, Events) {
+    let client = ClientBuilder::new(route)
+        .token(token)
+        .reconnect(ReconnectPolicy::default().initial_backoff(Duration::from_millis(100)))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("an application token logs in: {e}"));
+    let events = client.events().expect("the event stream is taken once");
+    (client, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_tokens_log_in_users_who_have_no_account_across_a_cluster() {
+    // The application's keys come from the environment, as a deployment would pass them.
+    let route_env = [
+        (
+            "CIM_ROUTE__APP_TOKENS__HS256_SECRET",
+            APP_SECRET.to_string(),
+        ),
+        ("CIM_ROUTE__APP_TOKENS__JWKS", test_key("jwks.json")),
+    ];
+    let Some(mut cluster) = TwoServers::start("app_tokens_test", &route_env).await else {
+        return;
+    };
+    let route_url = cluster.route_url.clone();
+
+    let (hana, mut hana_events) = connect_with_token(&route_url, app_token("hana", false)).await;
+    let (ravi, mut ravi_events) = connect_with_token(&route_url, app_token("ravi", true)).await;
+    let (hana_at, ravi_at) = (hana.info(), ravi.info());
+    assert_eq!(
+        (hana_at.user_name.as_str(), ravi_at.user_name.as_str()),
+        ("hana", "ravi")
+    );
+    assert_ne!(
+        hana_at.server_id, ravi_at.server_id,
+        "round robin: two servers"
+    );
+    hana.send_to_user(ravi_at.user_id, "from hana")
+        .await
+        .expect("sent");
+    assert_eq!(next_body(&mut ravi_events).await, "from hana");
+    ravi.send_to_user(hana_at.user_id, "from ravi")
+        .await
+        .expect("sent");
+    assert_eq!(next_body(&mut hana_events).await, "from ravi");
+
+    // A password account of the same name is never the application's user: sign-up takes
+    // the name first, and the application's token for it is refused.
+    let (_mallory, _) = connect(&route_url, "mallory").await;
+    let refused = ClientBuilder::new(&route_url)
+        .token(app_token("mallory", false))
+        .connect()
+        .await;
+    assert!(
+        matches!(refused, Err(cim_client::ClientError::AlreadyExists(_))),
+        "{refused:?}"
+    );
+
+    // Whoever is on node-1 loses it, resumes the login on node-2 and gets what was sent.
+    let (victim, mut victim_events, survivor) = if hana_at.server_id == "node-1" {
+        (hana, hana_events, ravi)
+    } else {
+        (ravi, ravi_events, hana)
+    };
+    cluster.kill_node_one().await;
+    survivor
+        .send_to_user(victim.info().user_id, "during the outage")
+        .await
+        .expect("stored while the recipient's server is down");
+    assert_eq!(next_body(&mut victim_events).await, "during the outage");
+    assert_eq!(victim.info().server_id, "node-2");
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use cim_proto::http::{
     AddMemberRequest, CreateGroupRequest, Credentials, ErrorBody, GroupView, LoginResponse,
-    ServerView, UserView,
+    ServerView, TokenLogin, UserView,
 };
 use futures::{StreamExt, TryStreamExt};
 
@@ -28,6 +28,8 @@ use crate::process::{Proc, Spawn};
 
 /// The token secret of every cim the bench starts (loopback only, never a deployment's).
 pub const SECRET: &str = "cim-bench-token-secret-for-loopback-runs-only-0123456789";
+/// The secret the bench's "application" signs its users' tokens with (`[route.app_tokens]`).
+pub const APP_SECRET: &str = "cim-bench-application-secret-for-loopback-runs-only-0123";
 /// The password of every account the bench creates.
 pub const PASSWORD: &str = "cim-bench-password";
 /// Setup requests in flight at once (account creation and login hash with argon2).
@@ -86,6 +88,9 @@ rate = {{ per_second = 1000000000, burst = 1000000000 }}
 [route]
 listen = "127.0.0.1:0"
 token_ttl = "8760h"
+
+[route.app_tokens]
+hs256_secret = "{APP_SECRET}"
 
 # Every bench client comes from 127.0.0.1 and logs in as fast as it can: no login throttle
 # (W3 measures the logins themselves; the throttle's own bound is max_checks).
@@ -188,6 +193,24 @@ impl RouteApi {
             .await
             .context("logging in at the route")?;
         Ok(Self::check(response, "logging in").await?.json().await?)
+    }
+
+    /// Logs in with a token (a cim token to resume, or an application's): the token and the
+    /// server to connect to.
+    pub async fn login_with_token(&self, token: &str) -> Result<LoginResponse> {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/login/token", self.base))
+            .json(&TokenLogin {
+                token: token.to_string(),
+            })
+            .send()
+            .await
+            .context("logging in with a token at the route")?;
+        Ok(Self::check(response, "logging in with a token")
+            .await?
+            .json()
+            .await?)
     }
 
     /// Creates a group owned by the token's user.
@@ -323,6 +346,19 @@ pub async fn create_and_login(
     results
 }
 
+/// A token the bench's application mints for `name`, valid for a day.
+fn app_token(name: &str) -> Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 24 * 3600;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": name, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(APP_SECRET.as_bytes()),
+    )?)
+}
+
 /// Deploys cim (`kind`: [`SystemKind::Cim`] or [`SystemKind::CimDurable`]) for `plan`.
 pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployment> {
     let dir = env.deployment_dir(kind.name())?;
@@ -364,6 +400,23 @@ pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployme
             // Back in index order (creation ran concurrently).
             users.sort_by_key(|u| u.name[1..].parse::<usize>().unwrap_or(usize::MAX));
             standalone
+        }
+        Accounts::AppTokens => {
+            notes.push(
+                "every backend in memory; each user logs in with a token the application minted \
+                 (HS256), which creates the account"
+                    .into(),
+            );
+            for i in 0..plan.users {
+                let name = format!("a{i}");
+                users.push(User {
+                    token: Some(app_token(&name)?),
+                    name,
+                    address: 0,
+                    server: 0,
+                });
+            }
+            start_standalone(env, dir.as_path(), &Backends::Memory).await?
         }
         Accounts::VaultWithTokens | Accounts::VaultLoginLater => {
             notes.push(

@@ -158,6 +158,9 @@ pub enum Accounts {
     VaultWithTokens,
     /// Taken from the vault, without tokens: the workload logs in through the route itself.
     VaultLoginLater,
+    /// None yet: each user has a token the application minted (HS256 with [`cim::APP_SECRET`]),
+    /// and their first login creates the account (every backend in memory).
+    AppTokens,
 }
 
 /// What a workload needs deployed.

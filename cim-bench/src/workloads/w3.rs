@@ -1,10 +1,14 @@
 //! W3, login storm: 10,000 clients log in, 200 at a time, and stay connected.
 //!
-//! A cim login is the whole path a client takes: `POST /api/v1/login` at the route (password
-//! check, server choice, token), TCP connect to the server it names, `Login` frame, wait for
-//! `LoginResult`. A peer's login is its protocol handshake (NATS `CONNECT` + `PING`/`PONG`, MQTT
-//! `CONNECT`/`CONNACK`, Redis `PING`, relay `HELLO`). A failed attempt is retried up to twice;
-//! retries and clients that never got in are counted.
+//! A cim login is the whole path a client takes: a login at the route (server choice, token),
+//! TCP connect to the server it names, `Login` frame, wait for `LoginResult`. It is measured
+//! three ways ([`Mode`]): with a password (`POST /api/v1/login`, an argon2 check each), resuming
+//! a login with its still-valid cim token (`POST /api/v1/login/token`: what a client whose
+//! server died does), and with a token the application minted (HS256), which creates each
+//! account on its first login. A peer's login is its protocol handshake (NATS `CONNECT` +
+//! `PING`/`PONG`, MQTT `CONNECT`/`CONNACK`, Redis `PING`, relay `HELLO`), run in the password
+//! case only. A failed attempt is retried up to twice; retries and clients that never got in are
+//! counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,16 +23,43 @@ use crate::systems::cim::RouteApi;
 use crate::systems::{Accounts, Deployment, Plan};
 use crate::wire::{Conn, Login, Wire};
 
-/// The case name.
-pub const CASE: &str = "login storm";
+/// How a cim client logs in at the route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Name and password.
+    Password,
+    /// A still-valid cim token, resumed.
+    Resume,
+    /// A token the application minted, for a user with no account yet.
+    AppToken,
+}
+
+impl Mode {
+    /// Every mode, the password first (the case the peers run too).
+    pub const ALL: [Mode; 3] = [Mode::Password, Mode::Resume, Mode::AppToken];
+
+    /// The case name.
+    pub fn case(self) -> &'static str {
+        match self {
+            Mode::Password => "login storm",
+            Mode::Resume => "login storm (resume tokens)",
+            Mode::AppToken => "login storm (app tokens, first logins)",
+        }
+    }
+}
 
 /// Attempts per client.
 const ATTEMPTS: u32 = 3;
 
-/// `clients` users; cim's come from the vault and log in through the route during the run.
-pub fn plan(clients: usize) -> Plan {
+/// `clients` users; cim's come from the vault and log in through the route during the run
+/// (with their password or their vault token), or are minted application tokens.
+pub fn plan(clients: usize, mode: Mode) -> Plan {
     let mut plan = Plan::users(clients);
-    plan.accounts = Accounts::VaultLoginLater;
+    plan.accounts = match mode {
+        Mode::Password => Accounts::VaultLoginLater,
+        Mode::Resume => Accounts::VaultWithTokens,
+        Mode::AppToken => Accounts::AppTokens,
+    };
     plan
 }
 
@@ -36,12 +67,17 @@ async fn login_once<W: Wire>(
     wire: &W,
     dep: &Deployment,
     route: Option<&RouteApi>,
+    mode: Mode,
     index: usize,
 ) -> Result<Conn> {
     let user = &dep.users[index];
     let (addr, token) = match route {
         Some(route) => {
-            let login = route.login(&user.name, &dep.password).await?;
+            let login = match (mode, &user.token) {
+                (Mode::Password, _) => route.login(&user.name, &dep.password).await?,
+                (_, Some(token)) => route.login_with_token(token).await?,
+                (_, None) => anyhow::bail!("a token login without a token"),
+            };
             let addr = tokio::net::lookup_host((login.server.host.as_str(), login.server.port))
                 .await?
                 .next()
@@ -64,7 +100,12 @@ async fn login_once<W: Wire>(
 }
 
 /// Runs W3 on `dep`.
-pub async fn run<W: Wire>(ctx: &Ctx<'_>, wire: W, dep: &mut Deployment) -> Result<Measurement> {
+pub async fn run<W: Wire>(
+    ctx: &Ctx<'_>,
+    wire: W,
+    dep: &mut Deployment,
+    mode: Mode,
+) -> Result<Measurement> {
     let sizes = ctx.sizes;
     let clients = dep.users.len();
     let route = dep
@@ -92,7 +133,7 @@ pub async fn run<W: Wire>(ctx: &Ctx<'_>, wire: W, dep: &mut Deployment) -> Resul
                     }
                     let login = tokio::time::timeout(
                         Duration::from_secs(120),
-                        login_once(&wire, dep_ref, route.as_ref(), i),
+                        login_once(&wire, dep_ref, route.as_ref(), mode, i),
                     )
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 120 s")));
@@ -117,7 +158,7 @@ pub async fn run<W: Wire>(ctx: &Ctx<'_>, wire: W, dep: &mut Deployment) -> Resul
     let ended = Instant::now();
     phase.finish();
     let logins = conns.iter().filter(|c| c.is_some()).count() as u64;
-    let mut m = Measurement::new("W3", CASE, dep.kind.name(), ctx.round);
+    let mut m = Measurement::new("W3", mode.case(), dep.kind.name(), ctx.round);
     m.set("rss_before", rss_before as f64);
     m.set("rss_peak", peak.stop().await as f64);
     if let Err(e) = dep.check_alive() {

@@ -134,12 +134,7 @@ async fn placed(
     token: String,
     expires_at: Timestamp,
 ) -> ApiResult<Json<LoginResponse>> {
-    let server = placement::place(
-        state.stores.balancer.as_ref(),
-        user_id,
-        state.config.reachability_timeout,
-    )
-    .await?;
+    let server = placement::place(state.stores.balancer.as_ref(), user_id, &state.probes).await?;
     tracing::info!(user = %user_id, server = %server.id, "login");
     Ok(Json(LoginResponse {
         user_id: user_id.0,
