@@ -185,6 +185,28 @@ impl std::fmt::Debug for RedisMessageStore {
 }
 
 impl RedisMessageStore {
+    /// The append script's invocation for `message`, validated and encoded.
+    fn append_invocation(&self, message: &NewMessage) -> Result<redis::ScriptInvocation<'_>> {
+        message.validate()?;
+        let conversation = message.conversation();
+        let (low, high) = match conversation {
+            ConversationId::Direct { low, high } => (low.to_string(), high.to_string()),
+            ConversationId::Group(_) => (String::new(), String::new()),
+        };
+        let json = serde_json::to_string(message)
+            .map_err(|e| Error::invalid_input("the message cannot be encoded").with_source(e))?;
+        let mut invocation = self.scripts.append.prepare_invoke();
+        invocation
+            .arg(&self.prefix)
+            .arg(message.sender.0)
+            .arg(&message.client_msg_id)
+            .arg(conversation.to_string())
+            .arg(json)
+            .arg(low)
+            .arg(high);
+        Ok(invocation)
+    }
+
     /// Connects to the Redis `config` names and keeps messages under `{namespace}:msg:`.
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<RedisMessageStore> {
         Ok(RedisMessageStore {
@@ -230,6 +252,14 @@ impl RedisMessageStore {
 fn malformed(what: &str) -> Error {
     Error::internal(format!("a {what} stored in redis is malformed"))
         .with_context("backend", "redis")
+}
+
+/// What the append script answered, as an [`Appended`].
+fn appended(duplicate: i64, entry: &str) -> Result<Appended> {
+    Ok(Appended {
+        message: decode_entry(entry)?,
+        duplicate: duplicate == 1,
+    })
 }
 
 /// Decodes `seq\nid\n<NewMessage JSON>`.
@@ -291,31 +321,82 @@ impl MessageStore for RedisMessageStore {
     }
 
     async fn append(&self, message: NewMessage) -> Result<Appended> {
-        message.validate()?;
-        let conversation = message.conversation();
-        let (low, high) = match conversation {
-            ConversationId::Direct { low, high } => (low.to_string(), high.to_string()),
-            ConversationId::Group(_) => (String::new(), String::new()),
-        };
-        let json = serde_json::to_string(&message)
-            .map_err(|e| Error::invalid_input("the message cannot be encoded").with_source(e))?;
         let (duplicate, entry): (i64, String) = self
-            .scripts
-            .append
-            .arg(&self.prefix)
-            .arg(message.sender.0)
-            .arg(&message.client_msg_id)
-            .arg(conversation.to_string())
-            .arg(json)
-            .arg(low)
-            .arg(high)
+            .append_invocation(&message)?
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "append"))?;
-        Ok(Appended {
-            message: decode_entry(&entry)?,
-            duplicate: duplicate == 1,
-        })
+        appended(duplicate, &entry)
+    }
+
+    /// One round trip for the whole batch: the append scripts go out in one pipeline (one
+    /// write, one read of every answer), executed in order by Redis like appends one after
+    /// another. A message whose script Redis did not have (restarted, `SCRIPT FLUSH`) is
+    /// appended again on its own, which loads it; its script never ran, so nothing is stored
+    /// twice.
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        if messages.len() < 2 {
+            let mut results = Vec::with_capacity(messages.len());
+            for message in messages {
+                results.push(self.append(message).await);
+            }
+            return results;
+        }
+        let mut results: Vec<Option<Result<Appended>>> = Vec::with_capacity(messages.len());
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut piped = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            match self.append_invocation(message) {
+                Ok(invocation) => {
+                    pipe.invoke_script(&invocation);
+                    piped.push(index);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let replies: Vec<redis::RedisResult<(i64, String)>> =
+            match pipe.query_async(&mut self.redis.conn()).await {
+                Ok(replies) => replies,
+                Err(e) => {
+                    // The batch's fate is unknown as a whole (the connection dropped, say):
+                    // every message gets the error, and a retry finds what was stored.
+                    let error = convert(e, "append");
+                    for index in &piped {
+                        results[*index] = Some(Err(Error::new(error.kind(), error.message())
+                            .with_context("backend", "redis")
+                            .with_context("operation", "append")));
+                    }
+                    Vec::new()
+                }
+            };
+        let mut unloaded = Vec::new();
+        for (index, reply) in piped.iter().zip(replies) {
+            results[*index] = Some(match reply {
+                Ok((duplicate, entry)) => appended(duplicate, &entry),
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    unloaded.push(*index);
+                    continue;
+                }
+                Err(e) => Err(convert(e, "append")),
+            });
+        }
+        for index in unloaded {
+            results[index] = Some(self.append(messages[index].clone()).await);
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(Error::internal(
+                        "redis answered fewer appends than it was sent",
+                    ))
+                })
+            })
+            .collect()
     }
 
     async fn history(

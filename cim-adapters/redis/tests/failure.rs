@@ -122,3 +122,51 @@ async fn a_watcher_resyncs_and_a_live_registration_returns_after_redis_restarts(
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_after_redis_forgot_its_scripts_is_stored_once_each() {
+    use cim_adapter_redis::RedisMessageStore;
+    use cim_core::{MessageStore, NewMessage, Recipient, Timestamp};
+    let Some(redis) = redis() else {
+        return;
+    };
+    let store = RedisMessageStore::connect(&config(redis.address()), "failure_script_flush")
+        .await
+        .expect("connect");
+    let message = |id: &str| NewMessage {
+        sender: UserId(1),
+        to: Recipient::User(UserId(2)),
+        client_msg_id: id.to_string(),
+        body: id.to_string(),
+        sent_at: Timestamp::now(),
+    };
+    let first = store.append_all(vec![message("a"), message("b")]).await;
+    assert!(first.iter().all(Result::is_ok), "{first:?}");
+    // What a Redis restart without persistence of scripts, or an operator, does: the batch's
+    // pipeline meets NOSCRIPT for every append, and each is appended again with its script.
+    let client = redis::Client::open(redis.address()).expect("a redis url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await
+        .expect("SCRIPT FLUSH");
+    let results = store
+        .append_all(vec![message("c"), message("a"), message("d")])
+        .await;
+    let seen: Vec<(u64, bool)> = results
+        .iter()
+        .map(|result| {
+            let appended = result.as_ref().expect("stored");
+            (appended.message.seq.0, appended.duplicate)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [(3, false), (1, true), (4, false)],
+        "(seq, duplicate): the retry of \"a\" is its first message, nothing stored twice"
+    );
+}
