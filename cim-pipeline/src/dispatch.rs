@@ -32,7 +32,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cim_core::{
-    ConversationId, Error, GroupId, Recipient, Result, ServerId, StoredMessage, Stores, UserId,
+    ConversationId, Error, ErrorKind, GroupId, Recipient, Result, ServerId, Session, StoredMessage,
+    Stores, UserId,
 };
 use cim_proto::v1::{self, PeerDeliver};
 use prost::Message;
@@ -163,10 +164,56 @@ fn worker_of(conversation: ConversationId, workers: usize) -> usize {
 }
 
 /// A worker: fans out its queue's messages one after another until every sender is gone.
+///
+/// It takes what is queued at once (up to [`LOOKUP_BATCH`] messages) and looks the sessions of
+/// all their direct recipients up in one [`SessionStore::get_many`](cim_core::SessionStore::get_many)
+/// (one round trip to a shared store instead of one per message), then fans the messages out
+/// in order as before. The look-up is as fresh as a per-message one would be: taken a moment
+/// before the batch's first delivery, by the worker that delivers them.
 async fn work(targets: Arc<Targets>, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(job) = jobs.recv().await {
-        if let Err(missed) = targets.dispatch(&job.message, &job.sender_name, None).await {
-            retry_later(&targets, job, missed, 0);
+    let mut batch = Vec::with_capacity(LOOKUP_BATCH);
+    while jobs.recv_many(&mut batch, LOOKUP_BATCH).await > 0 {
+        let sessions = targets.direct_sessions(&batch).await;
+        for job in batch.drain(..) {
+            let result = match direct_recipient(&job.message) {
+                Some(user) => {
+                    targets
+                        .dispatch_direct(&job.message, &job.sender_name, sessions.of(user))
+                        .await
+                }
+                None => targets.dispatch(&job.message, &job.sender_name, None).await,
+            };
+            if let Err(missed) = result {
+                retry_later(&targets, job, missed, 0);
+            }
+        }
+    }
+}
+
+/// Messages a worker takes from its queue at once, their direct recipients looked up together.
+const LOOKUP_BATCH: usize = 64;
+
+/// The other user of a direct message (none for a note to oneself or a group message).
+fn direct_recipient(message: &StoredMessage) -> Option<UserId> {
+    match message.to {
+        Recipient::User(user) if user != message.sender => Some(user),
+        _ => None,
+    }
+}
+
+/// The sessions of a batch's direct recipients, or why they could not be read.
+enum BatchSessions {
+    Found(HashMap<UserId, Vec<Session>>),
+    Failed { kind: ErrorKind, message: String },
+}
+
+impl BatchSessions {
+    /// `user`'s sessions (none: offline), or the look-up's error. A user may receive several
+    /// messages of the batch, so each gets a copy.
+    fn of(&self, user: UserId) -> Result<Vec<Session>> {
+        match self {
+            BatchSessions::Found(sessions) => Ok(sessions.get(&user).cloned().unwrap_or_default()),
+            BatchSessions::Failed { kind, message } => Err(Error::new(*kind, message.clone())),
         }
     }
 }
@@ -203,6 +250,50 @@ fn retry_later(targets: &Arc<Targets>, job: Job, missed: Unreached, attempt: usi
 }
 
 impl Targets {
+    /// The sessions of the direct recipients of `jobs`, in one look-up.
+    async fn direct_sessions(&self, jobs: &[Job]) -> BatchSessions {
+        let mut users: Vec<UserId> = jobs
+            .iter()
+            .filter_map(|job| direct_recipient(&job.message))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() {
+            return BatchSessions::Found(HashMap::new());
+        }
+        match self.stores.sessions.get_many(&users).await {
+            Ok(found) => {
+                let mut sessions: HashMap<UserId, Vec<Session>> = HashMap::new();
+                for session in found {
+                    sessions.entry(session.user_id).or_default().push(session);
+                }
+                BatchSessions::Found(sessions)
+            }
+            Err(error) => BatchSessions::Failed {
+                kind: error.kind(),
+                message: error.message().to_string(),
+            },
+        }
+    }
+
+    /// Fans the direct `message` out to its recipient `user`, whose sessions were looked up
+    /// already (with the rest of its batch).
+    async fn dispatch_direct(
+        &self,
+        message: &StoredMessage,
+        sender_name: &str,
+        sessions: Result<Vec<Session>>,
+    ) -> std::result::Result<(), Unreached> {
+        let fanout = Fanout {
+            targets: self,
+            message: deliver_frame(message, sender_name),
+            sender: message.sender,
+            local_delivery: OnceLock::new(),
+        };
+        let sessions = sessions.map_err(|error| Unreached { users: None, error })?;
+        fanout.to_sessions(sessions).await
+    }
+
     /// Fans `message` out to its recipients, or only to `only` of them (a retry).
     async fn dispatch(
         &self,
@@ -315,6 +406,12 @@ impl Fanout<'_> {
             .get_many(users)
             .await
             .map_err(|error| Unreached { users: None, error })?;
+        self.to_sessions(sessions).await
+    }
+
+    /// Delivers to the connections `sessions` name: this server's directly, the others'
+    /// through a relay per server; on failure, the users it could not reach.
+    async fn to_sessions(&self, sessions: Vec<Session>) -> std::result::Result<(), Unreached> {
         let mut remote: HashMap<ServerId, Vec<u64>> = HashMap::new();
         for session in sessions {
             match &self.targets.local {
@@ -461,4 +558,158 @@ fn summarise(first: Error, count: usize) -> Error {
         ),
     )
     .with_source(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use cim_core::balancer::RoundRobin;
+    use cim_core::embedded::memory::{
+        MemoryAccountStore, MemoryMessageStore, MemoryMetaStore, MemorySessionStore,
+    };
+    use cim_core::token::TokenKey;
+    use cim_core::{
+        BindOutcome, BindPolicy, ConnectionId, Cursor, MessageId, Page, Seq, SessionCapabilities,
+        SessionRef, SessionStore, Timestamp,
+    };
+
+    use super::*;
+
+    /// The memory session store, recording every `get_many` it answers (or failing them).
+    struct Recorded {
+        inner: MemorySessionStore,
+        asked: Mutex<Vec<Vec<UserId>>>,
+        fail: bool,
+    }
+
+    #[async_trait]
+    impl SessionStore for Recorded {
+        fn capabilities(&self) -> SessionCapabilities {
+            self.inner.capabilities()
+        }
+        async fn bind(&self, session: Session, policy: BindPolicy) -> Result<BindOutcome> {
+            self.inner.bind(session, policy).await
+        }
+        async fn get(&self, user: UserId) -> Result<Option<Session>> {
+            self.inner.get(user).await
+        }
+        async fn get_many(&self, users: &[UserId]) -> Result<Vec<Session>> {
+            self.asked.lock().expect("lock").push(users.to_vec());
+            if self.fail {
+                return Err(Error::unavailable("the session store is down"));
+            }
+            self.inner.get_many(users).await
+        }
+        async fn unbind(&self, session: &SessionRef) -> Result<bool> {
+            self.inner.unbind(session).await
+        }
+        async fn refresh_server(&self, server: &ServerId) -> Result<()> {
+            self.inner.refresh_server(server).await
+        }
+        async fn remove_server(&self, server: &ServerId) -> Result<u64> {
+            self.inner.remove_server(server).await
+        }
+        async fn list_online(&self, cursor: Option<&Cursor>, limit: u32) -> Result<Page<Session>> {
+            self.inner.list_online(cursor, limit).await
+        }
+        async fn count_online(&self) -> Result<u64> {
+            self.inner.count_online().await
+        }
+    }
+
+    fn targets(sessions: Arc<Recorded>) -> Targets {
+        Targets {
+            stores: Stores {
+                meta: Arc::new(MemoryMetaStore::new(Duration::from_secs(30))),
+                sessions,
+                accounts: Arc::new(MemoryAccountStore::new()),
+                messages: Arc::new(MemoryMessageStore::new()),
+                balancer: Arc::new(RoundRobin::new()),
+            },
+            pool: PeerPool::new(
+                "test".into(),
+                TokenKey::new(&[1; 32]).expect("key"),
+                64 * 1024,
+            ),
+            local: None,
+            retrying: AtomicUsize::new(0),
+        }
+    }
+
+    fn job(sender: u64, to: Recipient, seq: u64) -> Job {
+        let conversation = match to {
+            Recipient::User(user) => ConversationId::direct(UserId(sender), user),
+            Recipient::Group(group) => ConversationId::Group(group),
+        };
+        Job {
+            message: Arc::new(StoredMessage {
+                id: MessageId(seq),
+                conversation,
+                seq: Seq(seq),
+                sender: UserId(sender),
+                to,
+                client_msg_id: format!("m{seq}"),
+                body: "hi".into(),
+                sent_at: Timestamp::now(),
+            }),
+            sender_name: "sender".into(),
+        }
+    }
+
+    fn recorded(fail: bool) -> Arc<Recorded> {
+        Arc::new(Recorded {
+            inner: MemorySessionStore::new(Duration::from_secs(30)),
+            asked: Mutex::new(Vec::new()),
+            fail,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_batch_looks_up_its_direct_recipients_once() {
+        let sessions = recorded(false);
+        let bob = Session {
+            user_id: UserId(2),
+            server_id: ServerId::new("s2").expect("id"),
+            connection_id: ConnectionId(7),
+            device: "d".into(),
+            login_at: Timestamp::now(),
+        };
+        sessions
+            .bind(bob.clone(), BindPolicy::Replace)
+            .await
+            .expect("bind");
+        let targets = targets(Arc::clone(&sessions));
+        let batch = [
+            job(1, Recipient::User(UserId(2)), 1),
+            job(1, Recipient::User(UserId(3)), 1),
+            job(1, Recipient::Group(GroupId(9)), 1),
+            job(3, Recipient::User(UserId(2)), 2),
+            job(4, Recipient::User(UserId(4)), 1),
+        ];
+        let found = targets.direct_sessions(&batch).await;
+        assert_eq!(
+            *sessions.asked.lock().expect("lock"),
+            vec![vec![UserId(2), UserId(3)]],
+            "one look-up, each recipient once, no group and no note to oneself"
+        );
+        assert_eq!(found.of(UserId(2)).expect("found"), vec![bob]);
+        assert_eq!(found.of(UserId(3)).expect("found"), Vec::new(), "offline");
+    }
+
+    #[tokio::test]
+    async fn a_failed_look_up_is_every_direct_message_s_error() {
+        let targets = targets(recorded(true));
+        let batch = [job(1, Recipient::User(UserId(2)), 1)];
+        let found = targets.direct_sessions(&batch).await;
+        let error = found.of(UserId(2)).expect_err("the store is down");
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert_eq!(
+            found.of(UserId(2)).expect_err("again").kind(),
+            ErrorKind::Unavailable,
+            "every message of the batch gets it"
+        );
+    }
 }
