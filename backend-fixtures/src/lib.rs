@@ -32,11 +32,13 @@ pub mod outage;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 mod target;
 pub mod zookeeper;
 
 pub use error::FixtureError;
 pub use redis::{RedisServer, RedisTarget};
+pub use redis_cluster::{RedisCluster, RedisClusterTarget};
 pub use target::{Server, Target};
 
 /// Whether we run inside CI, where a missing backend is a failure: `CI` set to anything but

@@ -92,7 +92,7 @@ impl Drop for RedisServer {
 }
 
 /// Whether a Redis at `addr` answers `PING` with `PONG`.
-fn answers_ping(addr: SocketAddr) -> bool {
+pub(crate) fn answers_ping(addr: SocketAddr) -> bool {
     let Some(mut stream) = probe(addr) else {
         return false;
     };

@@ -378,9 +378,10 @@ impl RedisAccountStore {
     /// Connects to the Redis `config` names and keeps accounts under `{namespace}:acct:`, after
     /// giving the names of the version before skeletons theirs (see the module docs).
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<RedisAccountStore> {
+        let redis = Redis::connect(config, namespace, "acct").await?;
         let store = RedisAccountStore {
-            redis: Redis::connect(config).await?,
-            prefix: format!("{namespace}:acct:"),
+            prefix: redis.prefix().to_string(),
+            redis,
             scripts: Scripts {
                 create_user: Script::new(CREATE_USER),
                 user_by_name: Script::new(USER_BY_NAME),
@@ -438,7 +439,8 @@ impl RedisAccountStore {
                 .zip(names)
                 .filter_map(|(id, name)| Some((id, name?)))
                 .collect();
-            let mut claim = self.scripts.backfill_skeletons.arg(&self.prefix);
+            let mut claim = self.scripts.backfill_skeletons.key(&self.prefix);
+            claim.arg(&self.prefix);
             claim.arg(kind);
             for (id, name) in &named {
                 claim.arg(id).arg(name_skeleton(name));
@@ -458,6 +460,7 @@ impl RedisAccountStore {
         }
         self.scripts
             .backfilled
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(kind)
             .arg(last)
@@ -470,6 +473,7 @@ impl RedisAccountStore {
         let reply: Vec<String> = self
             .scripts
             .user_by_name
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(canonical_name(name))
             .invoke_async(&mut self.redis.conn())
@@ -496,7 +500,8 @@ impl RedisAccountStore {
         rest: &[String],
         what: &str,
     ) -> Result<bool> {
-        let mut invocation = script.arg(&self.prefix);
+        let mut invocation = script.key(&self.prefix);
+        invocation.arg(&self.prefix);
         invocation.arg(group.0).arg(user.0);
         for arg in rest {
             invocation.arg(arg);
@@ -650,6 +655,7 @@ impl AccountStore for RedisAccountStore {
         let id: i64 = self
             .scripts
             .create_user
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(new.canonical_name())
             .arg(new.skeleton())
@@ -712,6 +718,7 @@ impl AccountStore for RedisAccountStore {
         let reply: Vec<String> = self
             .scripts
             .search
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(&prefix)
             .arg(start)
@@ -744,6 +751,7 @@ impl AccountStore for RedisAccountStore {
         let id: i64 = self
             .scripts
             .create_group
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(new.canonical_name())
             .arg(new.skeleton())
@@ -780,6 +788,7 @@ impl AccountStore for RedisAccountStore {
         let mut fields: Vec<String> = self
             .scripts
             .update_group
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(id.0)
             .arg(settings.access.as_str())
@@ -813,6 +822,7 @@ impl AccountStore for RedisAccountStore {
         let reply: Vec<String> = self
             .scripts
             .group_by_name
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(canonical_name(name))
             .invoke_async(&mut self.redis.conn())
@@ -828,6 +838,7 @@ impl AccountStore for RedisAccountStore {
         let outcome: i64 = self
             .scripts
             .add_member
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(group.0)
             .arg(user.0)
@@ -869,6 +880,7 @@ impl AccountStore for RedisAccountStore {
         let reply: redis::Value = self
             .scripts
             .members
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(group.0)
             .arg(start)
@@ -899,6 +911,7 @@ impl AccountStore for RedisAccountStore {
         let reply: Vec<String> = self
             .scripts
             .membership
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(group.0)
             .arg(padded(user.0))
@@ -964,6 +977,7 @@ impl AccountStore for RedisAccountStore {
         let reply: redis::Value = self
             .scripts
             .bans
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(group.0)
             .arg(start)
@@ -987,6 +1001,7 @@ impl AccountStore for RedisAccountStore {
         let reply: redis::Value = self
             .scripts
             .user_groups
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(user.0)
             .invoke_async(&mut self.redis.conn())
@@ -1008,6 +1023,7 @@ impl AccountStore for RedisAccountStore {
         }
         self.scripts
             .revoke_session
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(session_id)
             .arg(until.0)

@@ -1,6 +1,7 @@
 //! # cim-adapter-redis
 //!
-//! Redis backends for cim, for deployments of several nodes that share one Redis:
+//! Redis backends for cim, for deployments of several nodes that share one Redis (a single
+//! instance, a primary with replicas, or a Redis Cluster: [`RedisConfig::cluster_nodes`]):
 //!
 //! | trait | backend name | module |
 //! |---|---|---|
@@ -12,7 +13,9 @@
 //! Each store registers itself in the [`cim_core::registry`], so a config section picks it by
 //! name (`[sessions] backend = "redis"`) with the keys of [`RedisConfig`]. Every key lives under
 //! the section's namespace (`{namespace}:...`), so deployments and test runs can share a server.
-//! Connection loss is handled by the client's connection manager: operations fail with
+//! On Redis Cluster each store's keys share one hash tag (`{namespace:store}:...`), so that
+//! every script stays in one slot; the stores spread over the primaries, one store is not
+//! sharded. Connection loss is handled by the client's connection manager: operations fail with
 //! `Unavailable` or `Timeout` while Redis is away and work again when it is back.
 //!
 //! A binary that wants these backends must link this crate: call [`link`] once at start.

@@ -197,6 +197,7 @@ impl RedisMessageStore {
             .map_err(|e| Error::invalid_input("the message cannot be encoded").with_source(e))?;
         let mut invocation = self.scripts.append.prepare_invoke();
         invocation
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(message.sender.0)
             .arg(&message.client_msg_id)
@@ -209,9 +210,10 @@ impl RedisMessageStore {
 
     /// Connects to the Redis `config` names and keeps messages under `{namespace}:msg:`.
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<RedisMessageStore> {
+        let redis = Redis::connect(config, namespace, "msg").await?;
         Ok(RedisMessageStore {
-            redis: Redis::connect(config).await?,
-            prefix: format!("{namespace}:msg:"),
+            prefix: redis.prefix().to_string(),
+            redis,
             scripts: Scripts {
                 append: Script::new(APPEND),
                 ack: Script::new(ACK),
@@ -543,6 +545,7 @@ impl MessageStore for RedisMessageStore {
         let last: i64 = self
             .scripts
             .ack
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(user.0)
             .arg(conversation.to_string())
@@ -590,6 +593,7 @@ impl MessageStore for RedisMessageStore {
         let (duplicate, entry): (i64, String) = self
             .scripts
             .schedule
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(message.sender.0)
             .arg(&message.client_msg_id)
@@ -614,6 +618,7 @@ impl MessageStore for RedisMessageStore {
         let claimed: Vec<String> = self
             .scripts
             .claim
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(now.0)
             .arg(now.plus(claim_for).0)
@@ -628,6 +633,7 @@ impl MessageStore for RedisMessageStore {
         let finished: i64 = self
             .scripts
             .finish
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(id.0)
             .arg(millis(DEDUP_WINDOW))

@@ -14,8 +14,9 @@
 //! (messages lost with a connection), so folding the stream always converges to `list()`. Pub/sub
 //! connections do not reconnect on their own: the watch task does, and resyncs after.
 //!
-//! Scripts build key names from the prefix, so this store needs a single Redis (or a primary
-//! with replicas), not Redis Cluster.
+//! Scripts build key names from the prefix (`ARGV[1]`, also passed as `KEYS[1]` so that Redis
+//! Cluster routes the script), so on a cluster every key of the store carries the prefix's one
+//! hash tag and lives in one slot (see `connection.rs`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -206,6 +207,7 @@ impl Inner {
         operation: &'static str,
     ) -> Result<i64> {
         script
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(id.as_str())
             .arg(token)
@@ -221,6 +223,7 @@ impl Inner {
         let reply: Vec<String> = self
             .scripts
             .snapshot
+            .key(&self.prefix)
             .arg(&self.prefix)
             .invoke_async(&mut self.redis.conn())
             .await
@@ -245,6 +248,7 @@ impl Inner {
         let _: i64 = self
             .scripts
             .sweep
+            .key(&self.prefix)
             .arg(&self.prefix)
             .invoke_async(&mut self.redis.conn())
             .await
@@ -255,14 +259,7 @@ impl Inner {
     /// A pub/sub connection subscribed to the events channel.
     async fn subscribe(&self) -> Result<redis::aio::PubSub> {
         let config = self.redis.config();
-        let connect = self.redis.client().get_async_pubsub();
-        let mut pubsub = tokio::time::timeout(config.connect_timeout, connect)
-            .await
-            .map_err(|_| {
-                Error::timeout("redis did not accept a pub/sub connection in time")
-                    .with_context("backend", "redis")
-            })?
-            .map_err(|e| convert(e, "watch"))?;
+        let mut pubsub = self.redis.pubsub().await?;
         tokio::time::timeout(config.response_timeout, pubsub.subscribe(self.channel()))
             .await
             .map_err(|_| {
@@ -316,9 +313,10 @@ impl RedisMetaStore {
                  example \"10s\")"
             )));
         }
+        let redis = Redis::connect(config, namespace, "meta").await?;
         let inner = Arc::new(Inner {
-            redis: Redis::connect(config).await?,
-            prefix: format!("{namespace}:meta:"),
+            prefix: redis.prefix().to_string(),
+            redis,
             ttl,
             scripts: Scripts::new(),
         });
@@ -656,6 +654,7 @@ impl Lease for RedisLease {
             .inner
             .scripts
             .deregister
+            .key(&self.inner.prefix)
             .arg(&self.inner.prefix)
             .arg(self.id.as_str())
             .arg(&self.token)

@@ -18,8 +18,9 @@
 //! | `p alive:{server}` | string with PX | the server's heartbeat |
 //! | `p online` | sorted set, all scores 0 | user ids, for cursor listing with `ZRANGEBYLEX` |
 //!
-//! Scripts build key names from the prefix, so this store needs a single Redis (or a primary
-//! with replicas), not Redis Cluster.
+//! Scripts build key names from the prefix (`ARGV[1]`, also passed as `KEYS[1]` so that Redis
+//! Cluster routes the script), so on a cluster every key of the store carries the prefix's one
+//! hash tag and lives in one slot (see `connection.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,9 +254,10 @@ impl RedisSessionStore {
                 "[sessions] ttl must be longer than zero (for example \"30s\")",
             ));
         }
+        let redis = Redis::connect(config, namespace, "sess").await?;
         Ok(RedisSessionStore {
-            redis: Redis::connect(config).await?,
-            prefix: format!("{namespace}:sess:"),
+            prefix: redis.prefix().to_string(),
+            redis,
             ttl,
             scripts: Scripts::new(),
         })
@@ -282,6 +284,7 @@ impl SessionStore for RedisSessionStore {
         let reply: Vec<String> = self
             .scripts
             .bind
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(millis(self.ttl))
             .arg(padded(session.user_id.0))
@@ -317,7 +320,8 @@ impl SessionStore for RedisSessionStore {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = self.scripts.get_many.arg(&self.prefix);
+        let mut invocation = self.scripts.get_many.key(&self.prefix);
+        invocation.arg(&self.prefix);
         for user in users {
             invocation.arg(padded(user.0));
         }
@@ -335,6 +339,7 @@ impl SessionStore for RedisSessionStore {
         let removed: i64 = self
             .scripts
             .unbind
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(padded(session.user_id.0))
             .arg(session.server_id.as_str())
@@ -349,6 +354,7 @@ impl SessionStore for RedisSessionStore {
         let _: i64 = self
             .scripts
             .refresh
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(server.as_str())
             .arg(millis(self.ttl))
@@ -361,6 +367,7 @@ impl SessionStore for RedisSessionStore {
     async fn remove_server(&self, server: &ServerId) -> Result<u64> {
         self.scripts
             .remove_server
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(server.as_str())
             .invoke_async(&mut self.redis.conn())
@@ -382,6 +389,7 @@ impl SessionStore for RedisSessionStore {
         let found: Vec<String> = self
             .scripts
             .list
+            .key(&self.prefix)
             .arg(&self.prefix)
             .arg(start)
             .arg(u64::from(limit) + 1)
@@ -405,6 +413,7 @@ impl SessionStore for RedisSessionStore {
     async fn count_online(&self) -> Result<u64> {
         self.scripts
             .count
+            .key(&self.prefix)
             .arg(&self.prefix)
             .invoke_async(&mut self.redis.conn())
             .await

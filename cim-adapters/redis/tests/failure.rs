@@ -53,6 +53,37 @@ fn the_config_never_shows_the_password() {
     assert!(shown.contains("redis://app:***@10.0.0.7:6379/0"), "{shown}");
 }
 
+#[test]
+fn a_cluster_config_never_shows_the_nodes_passwords() {
+    let config = RedisConfig::cluster(["redis://app:hunter2@10.0.0.7:7000"]);
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("redis://app:***@10.0.0.7:7000"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_config_naming_both_a_url_and_cluster_nodes_is_refused() {
+    let config = RedisConfig {
+        url: "redis://10.0.0.7:6379".into(),
+        ..RedisConfig::cluster(["redis://10.0.0.8:7000"])
+    };
+    let error = RedisSessionStore::connect(&config, "ns", TTL)
+        .await
+        .expect_err("both url and cluster_nodes");
+    assert_eq!(error.kind(), cim_core::ErrorKind::Config, "{error}");
+    assert!(error.to_string().contains("cluster_nodes"), "{error}");
+}
+
+#[tokio::test]
+async fn a_namespace_with_braces_is_refused_on_a_cluster() {
+    let config = RedisConfig::cluster(["redis://127.0.0.1:1"]);
+    let error = RedisSessionStore::connect(&config, "a{b}", TTL)
+        .await
+        .expect_err("braces in the namespace");
+    assert_eq!(error.kind(), cim_core::ErrorKind::Config, "{error}");
+    assert!(error.to_string().contains("hash tag"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_unavailable_while_redis_is_down_and_recover_when_it_is_back() {
     let Some(mut redis) = redis().and_then(|target| target.owned()) else {
