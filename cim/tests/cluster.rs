@@ -3,15 +3,18 @@
 //! deployment runs them. Users on different servers chat; a server is killed with SIGKILL and
 //! its user comes back through the other server without losing a message. Users the
 //! application vouches for with its own tokens (HS256, and RS256 checked against a JWKS file)
-//! chat across the servers without ever having had an account.
+//! chat across the servers without ever having had an account. A cluster whose every store is
+//! on a Redis Cluster keeps chatting when the Redis primary holding its messages crashes.
 
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cim_backend_fixtures::{postgres, redis};
-use cim_client::{Client, ClientBuilder, Events, ReconnectPolicy};
-use common::{cluster_config, connect, fixture, free_port, next_body, server_env, start};
+use cim_backend_fixtures::{postgres, redis, redis_cluster};
+use cim_client::{Client, ClientBuilder, Events, Outgoing, ReconnectPolicy};
+use common::{
+    cluster_config, cluster_config_with, connect, fixture, free_port, next_body, server_env, start,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 /// `node-1` and `node-2` and a route, on Redis (meta, sessions) and PostgreSQL (accounts,
@@ -242,4 +245,133 @@ async fn application_tokens_log_in_users_who_have_no_account_across_a_cluster() 
         .expect("stored while the recipient's server is down");
     assert_eq!(next_body(&mut victim_events).await, "during the outage");
     assert_eq!(victim.info().server_id, "node-2");
+}
+
+/// The TOML lines of a Redis store on the cluster of `nodes`, with `extra` lines.
+fn on_redis_cluster(nodes: &[String], extra: &str) -> String {
+    let list: Vec<String> = nodes.iter().map(|node| format!("\"{node}\"")).collect();
+    format!(
+        "backend = \"redis\"\ncluster_nodes = [{}]\nconnect_timeout = \"1s\"\nresponse_timeout = \"1s\"\n{extra}",
+        list.join(", ")
+    )
+}
+
+/// Sends `body` from `client` to `user` with the id `id`, again with the same id (so never
+/// stored twice) until the server acknowledges it or 30 s pass.
+async fn send_until_acknowledged(client: &Client, user: u64, id: &str, body: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let outgoing = Outgoing::to_user(user, body).client_msg_id(id);
+        match client.send(outgoing).await {
+            Ok(_) => return,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                // A back-off between retries, not synchronisation: the acknowledgement is the
+                // event awaited.
+                eprintln!("send {id} again after: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("{id} was never acknowledged: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_redis_cluster_keeps_chatting_after_losing_the_primary_of_its_messages() {
+    let Some(mut target) = fixture(redis_cluster::redis_cluster)
+        .await
+        .and_then(|target| target.owned())
+    else {
+        return;
+    };
+    let Some(redis_cluster) = target.server_mut() else {
+        return;
+    };
+    let nodes = redis_cluster.urls();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let route_port = free_port();
+    let namespace = "on_redis_cluster";
+    let config = cluster_config_with(
+        dir.path(),
+        namespace,
+        [
+            &on_redis_cluster(&nodes, "ttl = \"10s\""),
+            &on_redis_cluster(&nodes, "ttl = \"10s\""),
+            &on_redis_cluster(&nodes, ""),
+            &on_redis_cluster(&nodes, ""),
+        ],
+        route_port,
+    );
+    let (one, one_internal, two, two_internal) =
+        (free_port(), free_port(), free_port(), free_port());
+    let _node_one = start(
+        "server",
+        &config,
+        &server_env("node-1", one, one_internal),
+        "is running",
+    )
+    .await;
+    let _node_two = start(
+        "server",
+        &config,
+        &server_env("node-2", two, two_internal),
+        "is running",
+    )
+    .await;
+    let _route = start("route", &config, &[], "is running").await;
+    let route_url = format!("http://127.0.0.1:{route_port}");
+
+    let (alice, mut alice_events) = connect(&route_url, "alice").await;
+    let (bob, mut bob_events) = connect(&route_url, "bob").await;
+    assert_ne!(
+        alice.info().server_id,
+        bob.info().server_id,
+        "round robin puts alice and bob on different servers"
+    );
+    let (alice_id, bob_id) = (alice.info().user_id, bob.info().user_id);
+    alice.send_to_user(bob_id, "before").await.expect("sent");
+    assert_eq!(next_body(&mut bob_events).await, "before");
+
+    // The primary of the message store's slot crashes once its replica has everything.
+    let messages_slot = format!("{{{namespace}:msg}}:");
+    let (dead, promoted) = tokio::task::block_in_place(|| {
+        let dead = redis_cluster
+            .primary_of(&messages_slot)
+            .expect("the slot's primary");
+        redis_cluster
+            .await_replicated(dead)
+            .expect("the replica caught up");
+        redis_cluster.kill(dead);
+        let promoted = redis_cluster
+            .await_primary_of(&messages_slot, dead)
+            .expect("a replica takes over");
+        (dead, promoted)
+    });
+    assert_ne!(dead, promoted);
+
+    // Both servers and the route carry on: messages are stored on the promoted replica and
+    // delivered across the servers, each exactly once and in order.
+    for i in 0..10 {
+        send_until_acknowledged(&alice, bob_id, &format!("after-{i}"), &format!("after {i}")).await;
+    }
+    for i in 0..10 {
+        assert_eq!(next_body(&mut bob_events).await, format!("after {i}"));
+    }
+    send_until_acknowledged(&bob, alice_id, "reply", "and back").await;
+    assert_eq!(next_body(&mut alice_events).await, "and back");
+
+    // The history on the new primary holds what came before the crash, with nothing twice.
+    let history = bob
+        .history(
+            cim_client::Conversation::direct(alice_id, bob_id),
+            None,
+            None,
+            Some(50),
+        )
+        .await
+        .expect("history after the failover");
+    let bodies: Vec<String> = history.iter().map(|m| m.body.clone()).collect();
+    let mut expected = vec!["before".to_string()];
+    expected.extend((0..10).map(|i| format!("after {i}")));
+    expected.push("and back".to_string());
+    assert_eq!(bodies, expected);
 }

@@ -231,7 +231,7 @@ impl ConnectionLike for Conn {
 pub(crate) fn convert(error: redis::RedisError, operation: &'static str) -> Error {
     let base = if error.is_timeout() {
         Error::timeout("redis did not answer in time (see response_timeout)")
-    } else if error.is_cluster_error() {
+    } else if is_failing_over(&error) {
         Error::unavailable("the redis cluster is moving or failing over the slot; retry")
     } else if error.is_io_error()
         || error.is_connection_refusal()
@@ -245,6 +245,22 @@ pub(crate) fn convert(error: redis::RedisError, operation: &'static str) -> Erro
     base.with_context("backend", "redis")
         .with_context("operation", operation)
         .with_source(error)
+}
+
+/// Whether `error` is one of the answers a Redis Cluster (or a primary with replicas) gives
+/// while a slot moves or a replica takes over: retrying later succeeds.
+fn is_failing_over(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_cluster_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::ReadOnly
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::BusyLoading
+                )
+        )
 }
 
 /// Zero-padded decimal, so that lexical order in Redis is numeric order for every `u64`.

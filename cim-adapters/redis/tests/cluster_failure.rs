@@ -67,8 +67,10 @@ async fn the_stores_survive_the_loss_of_a_primary_and_keep_what_it_replicated() 
         .await_primary_of("{failover:msg}:", dead)
         .expect("a replica takes over");
     assert_ne!(promoted, dead);
-    until_recovered("append after the failover", || {
-        messages.append(message("after"))
+    // A batch, as the server's pipeline appends: its errors must be as transient as one append's.
+    until_recovered("append a batch after the failover", || async {
+        let mut results = messages.append_all(vec![message("after")]).await;
+        results.pop().expect("one result per message")
     })
     .await;
 

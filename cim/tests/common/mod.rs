@@ -215,6 +215,23 @@ pub fn cluster_config(
     postgres: &str,
     route_port: u16,
 ) -> PathBuf {
+    let on_postgres = format!("backend = \"postgres\"\nurl = \"{postgres}\"");
+    cluster_config_with(
+        dir,
+        namespace,
+        [meta, sessions, &on_postgres, &on_postgres],
+        route_port,
+    )
+}
+
+/// [`cluster_config`] with every store as given: the TOML lines of `[meta]`, `[sessions]`,
+/// `[accounts]` and `[messages]`, in that order.
+pub fn cluster_config_with(
+    dir: &Path,
+    namespace: &str,
+    [meta, sessions, accounts, messages]: [&str; 4],
+    route_port: u16,
+) -> PathBuf {
     let config = dir.join("cim.toml");
     std::fs::write(
         &config,
@@ -228,11 +245,9 @@ secret = "{secret}"
 [sessions]
 {sessions}
 [accounts]
-backend = "postgres"
-url = "{postgres}"
+{accounts}
 [messages]
-backend = "postgres"
-url = "{postgres}"
+{messages}
 [balancer]
 strategy = "round_robin"
 [server]
