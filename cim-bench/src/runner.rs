@@ -99,12 +99,15 @@ impl Case {
         }
     }
 
-    /// Cases only cim can run (the others have no cluster or no failover semantics here).
-    fn cim_only(self) -> bool {
-        matches!(
-            self,
-            Case::W1AcrossServers | Case::W6 | Case::W3(w3::Mode::Resume | w3::Mode::AppToken)
-        )
+    /// Whether `kind` can run this case: the peers have no failover semantics (W6) and no route
+    /// to log in at (W3 by token); of them, only core NATS runs as a cluster (two servers joined
+    /// by routes) for W1 across servers.
+    fn runs_on(self, kind: SystemKind) -> bool {
+        match self {
+            Case::W1AcrossServers => matches!(kind, SystemKind::Cim | SystemKind::Nats),
+            Case::W6 | Case::W3(w3::Mode::Resume | w3::Mode::AppToken) => kind == SystemKind::Cim,
+            _ => true,
+        }
     }
 
     fn plan(self, ctx: &Ctx<'_>) -> Plan {
@@ -184,7 +187,7 @@ pub async fn run(env: &Env, config: &RunConfig) -> Vec<Measurement> {
                         }
                         continue;
                     }
-                    if case.cim_only() && kind != SystemKind::Cim {
+                    if !case.runs_on(kind) {
                         if round == 1 {
                             let mut m =
                                 Measurement::new(case.workload(), &name, kind.name(), round);

@@ -173,7 +173,8 @@ pub struct Plan {
     /// Per group: the user who sends to it (cim makes it a member too; it receives nothing, as
     /// cim does not echo a sender's own messages).
     pub group_senders: Vec<usize>,
-    /// Number of servers: 1 (a single node) or more (a cluster; cim only).
+    /// Number of servers: 1 (a single node) or more (a cluster: cim, and core NATS joined by
+    /// routes).
     pub servers: usize,
     /// Per user, which server it connects to (clusters; round robin if empty).
     pub placement: Vec<usize>,
@@ -305,7 +306,7 @@ pub async fn deploy(
     }
     match kind {
         SystemKind::Cim | SystemKind::CimDurable => cim::deploy(env, kind, plan).await.map(Ok),
-        _ if plan.servers > 1 => Ok(Err(format!(
+        _ if plan.servers > 1 && kind != SystemKind::Nats => Ok(Err(format!(
             "n/a: the bench runs {} as a single server only",
             kind.name()
         ))),

@@ -1,7 +1,8 @@
 //! Starting the peers (NATS, Mosquitto, Redis) and the relay: one process each, pinned to the
 //! server core from the start, configured for the bench's load (no connection caps, no
 //! persistence, warnings-only logs, no disconnection of busy subscribers by buffer limits).
-//! Users and groups need no setup: a user is the subject `u.<index>`, a group `g.<index>`.
+//! Users and groups need no setup: a user is the subject `u.<index>`, a group `g.<index>`. Core
+//! NATS also runs as a cluster of servers joined by routes, for W1 across servers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +12,17 @@ use anyhow::{Context, Result};
 use super::{Deployment, Env, Plan, Server, SystemKind, User};
 use crate::process::{Proc, Spawn, accepts, find_program, free_port};
 
-/// Starts `kind` (not cim) for `plan`.
+/// Starts `kind` (not cim) for `plan`: one server, or for core NATS as many as the plan asks
+/// for, joined by routes into one cluster.
 pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployment> {
+    if plan.servers > 1 {
+        anyhow::ensure!(
+            kind == SystemKind::Nats,
+            "the bench runs {} as a single server only",
+            kind.name()
+        );
+        return deploy_nats_cluster(env, plan).await;
+    }
     let dir = env.deployment_dir(kind.name())?;
     let log = dir.as_path().join(format!("{}.log", kind.name()));
     let cpus = env.pinning.server_cpus.clone();
@@ -135,23 +145,103 @@ pub async fn deploy(env: &Env, kind: SystemKind, plan: &Plan) -> Result<Deployme
     if kind == SystemKind::NatsJs {
         create_stream(addr).await?;
     }
-    let users = (0..plan.users)
-        .map(|i| User {
-            name: format!("u{i}"),
-            address: i as u64,
-            server: 0,
-            token: None,
-        })
-        .collect();
     Ok(Deployment {
         kind,
         servers: vec![server],
         others: Vec::new(),
         shared_pids: Vec::new(),
-        users,
+        users: users(plan),
         groups: (0..plan.groups.len() as u64).collect(),
         route_url: None,
         notes,
+        password: String::new(),
+        dir,
+        pin_before_measuring: None,
+    })
+}
+
+/// Every user of `plan`, subject `u.<index>`, on the server its placement names.
+fn users(plan: &Plan) -> Vec<User> {
+    (0..plan.users)
+        .map(|i| User {
+            name: format!("u{i}"),
+            address: i as u64,
+            server: plan
+                .placement
+                .get(i)
+                .copied()
+                .unwrap_or(i % plan.servers.max(1)),
+            token: None,
+        })
+        .collect()
+}
+
+/// `plan.servers` core NATS servers, each with a cluster port and a route to every other
+/// (`-cluster`, `-routes`, one `--cluster_name`), so a message published on one reaches a
+/// subscriber on another through the route, as cim's relay does between its servers. Ready once
+/// every server accepts clients and has logged its routes.
+async fn deploy_nats_cluster(env: &Env, plan: &Plan) -> Result<Deployment> {
+    let kind = SystemKind::Nats;
+    let dir = env.deployment_dir("nats-cluster")?;
+    let program = program("nats-server")?;
+    let ports: Vec<(u16, u16)> = (0..plan.servers)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_>>()?;
+    let mut servers = Vec::new();
+    for (i, (port, cluster_port)) in ports.iter().enumerate() {
+        let routes: Vec<String> = ports
+            .iter()
+            .filter(|(_, other)| other != cluster_port)
+            .map(|(_, other)| format!("nats://127.0.0.1:{other}"))
+            .collect();
+        let args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "--name".into(),
+            format!("n{i}"),
+            "--cluster_name".into(),
+            "bench".into(),
+            "-cluster".into(),
+            format!("nats://127.0.0.1:{cluster_port}"),
+            "-routes".into(),
+            routes.join(","),
+        ];
+        let proc = Proc::spawn(Spawn {
+            name: format!("nats-server-{i}"),
+            program: &program,
+            args,
+            env: Vec::new(),
+            cpus: env.pinning.server_cpus.clone(),
+            log: dir.as_path().join(format!("nats-{i}.log")),
+        })?;
+        let addr = loopback(*port);
+        let mut server = Server { addr, proc };
+        server
+            .proc
+            .wait_until("accepting connections", env.ready_timeout, || accepts(addr))
+            .await?;
+        servers.push(server);
+    }
+    for server in &mut servers {
+        server
+            .proc
+            .wait_for_line("Route connection created", env.ready_timeout)
+            .await?;
+    }
+    Ok(Deployment {
+        kind,
+        servers,
+        others: Vec::new(),
+        shared_pids: Vec::new(),
+        users: users(plan),
+        groups: (0..plan.groups.len() as u64).collect(),
+        route_url: None,
+        notes: vec![format!(
+            "{} nats-servers joined by routes (one cluster); every message goes to a receiver on the other server",
+            plan.servers
+        )],
         password: String::new(),
         dir,
         pin_before_measuring: None,

@@ -1,7 +1,7 @@
 //! W1, one-to-one throughput: 4 senders, 100 receivers, 100,000 messages of 100 bytes, each
 //! sender keeping a window of messages in flight (written but not yet read by the recipient);
-//! on one server, and (cim only) across two servers, where every message crosses from the
-//! sender's server to the recipient's.
+//! on one server, and (cim, and core NATS as a two-server cluster) across two servers, where
+//! every message crosses from the sender's server to the recipient's.
 //!
 //! Measured from the first send to the last delivery: deliveries per second, the server's CPU
 //! time per delivered message, lost and duplicated messages.
