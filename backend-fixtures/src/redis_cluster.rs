@@ -364,3 +364,34 @@ pub fn redis_cluster_target() -> Result<RedisClusterTarget, FixtureError> {
 pub fn redis_cluster() -> Option<RedisClusterTarget> {
     crate::require_or_skip(redis_cluster_target())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_lines_give_port_role_state_and_slots() {
+        let primary = NodeLine::parse(
+            "07c3 127.0.0.1:30004@40004 myself,master - 0 0 1 connected 0-5460 7000 [5461->-e7d1]",
+        )
+        .expect("a primary's line");
+        assert_eq!(primary.port, 30004);
+        assert!(primary.primary && !primary.failed && primary.connected);
+        assert_eq!(primary.slots, vec![0..=5460, 7000..=7000]);
+
+        let replica =
+            NodeLine::parse("e7d1 127.0.0.1:30005@40005 slave,fail 07c3 1700 1690 2 disconnected")
+                .expect("a replica's line");
+        assert_eq!(replica.port, 30005);
+        assert!(!replica.primary && replica.failed && !replica.connected);
+        assert!(replica.slots.is_empty());
+        assert!(NodeLine::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn info_fields_are_read_by_name() {
+        let info = "# Replication\r\nrole:master\r\nmaster_repl_offset:4242\r\n";
+        assert_eq!(info_field(info, "master_repl_offset"), Some(4242));
+        assert_eq!(info_field(info, "missing"), None);
+    }
+}
