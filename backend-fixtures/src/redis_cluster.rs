@@ -58,19 +58,34 @@ impl RedisCluster {
             nodes: Vec::new(),
         };
         for _ in 0..primaries * (1 + replicas) {
-            let port = free_port()?;
-            let child = cluster.launch(&server, port)?;
-            cluster.nodes.push(Node {
-                port,
-                child: Some(child),
-            });
+            let node = cluster.launch_on_free_ports(&server)?;
+            cluster.nodes.push(node);
         }
         cluster.create(replicas)?;
         cluster.await_healthy(primaries * replicas)?;
         Ok(cluster)
     }
 
-    fn launch(&self, server: &Path, port: u16) -> Result<Child, FixtureError> {
+    /// Starts a node on two free ports (clients, cluster bus), on other ports again if another
+    /// process took one of them before the node bound it.
+    fn launch_on_free_ports(&self, server: &Path) -> Result<Node, FixtureError> {
+        let mut attempts = 0;
+        loop {
+            let (port, bus_port) = (free_port()?, free_port()?);
+            match self.launch(server, port, bus_port) {
+                Ok(child) => {
+                    return Ok(Node {
+                        port,
+                        child: Some(child),
+                    });
+                }
+                Err(FixtureError::NotReady { .. }) if attempts < 2 => attempts += 1,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn launch(&self, server: &Path, port: u16, bus_port: u16) -> Result<Child, FixtureError> {
         let dir = self.dir.path().join(port.to_string());
         std::fs::create_dir_all(&dir)
             .map_err(|source| FixtureError::io(format!("directory {}", dir.display()), source))?;
@@ -78,6 +93,10 @@ impl RedisCluster {
         command
             .arg("--port")
             .arg(port.to_string())
+            // The bus port is chosen like the client port: by default it would be port + 10000,
+            // inside the range the kernel hands out to outbound connections.
+            .arg("--cluster-port")
+            .arg(bus_port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
