@@ -21,6 +21,11 @@
 //! queues grow without bound. Relays to other servers only queue on the peer's link (see
 //! [`PeerPool`]): a slow or dead peer delays what goes to it, never a worker.
 //!
+//! A direct message's recipient is placed from the [`SessionView`] when this process relayed to
+//! them recently, and looked up (with the rest of its batch) otherwise; a relay placed that way
+//! asks the other server to report users it does not hold, and those are looked up again and
+//! served where they are now (see [`crate::view`]).
+//!
 //! The same code serves a cim server (which also holds connections, `local`) and a route
 //! (which holds none and relays everything over [`PeerPool`] links). Recipients are resolved
 //! page by page, so a very large group is never held in memory at once, and the `Deliver` frame
@@ -41,7 +46,8 @@ use tokio::sync::mpsc;
 
 use crate::delivery::{Delivery, deliver_frame};
 use crate::local::LocalConnections;
-use crate::peer::PeerPool;
+use crate::peer::{Missed, PeerPool};
+use crate::view::SessionView;
 
 /// Group members read per page when resolving a group's recipients.
 const MEMBERS_PAGE: u32 = 1000;
@@ -80,7 +86,12 @@ struct Targets {
     local: Option<Arc<LocalConnections>>,
     /// Fan-outs waiting to be tried again.
     retrying: AtomicUsize,
+    /// Where direct recipients on other servers were last seen.
+    view: SessionView,
 }
+
+/// Answers of other servers about users they did not hold, queued at most.
+const MISSED_QUEUE: usize = 1024;
 
 /// One message waiting for its fan-out.
 struct Job {
@@ -104,12 +115,16 @@ impl Dispatcher {
         workers: usize,
         queue: usize,
     ) -> Self {
+        let (missed, missed_rx) = mpsc::channel(MISSED_QUEUE);
+        pool.report_missed_to(missed);
         let targets = Arc::new(Targets {
             stores,
             pool,
             local,
             retrying: AtomicUsize::new(0),
+            view: SessionView::default(),
         });
+        tokio::spawn(redeliver(Arc::downgrade(&targets), missed_rx));
         let queues = (0..workers.max(1))
             .map(|_| {
                 let (jobs, rx) = mpsc::channel(queue.max(1));
@@ -201,19 +216,66 @@ fn direct_recipient(message: &StoredMessage) -> Option<UserId> {
     }
 }
 
-/// The sessions of a batch's direct recipients, or why they could not be read.
+/// Where a batch's direct recipients are, or why their sessions could not be read.
 enum BatchSessions {
-    Found(HashMap<UserId, Vec<Session>>),
-    Failed { kind: ErrorKind, message: String },
+    Found {
+        /// Looked up now (no entry: offline).
+        sessions: HashMap<UserId, Vec<Session>>,
+        /// Placed from the view: the other servers they were seen on.
+        viewed: HashMap<UserId, Vec<ServerId>>,
+    },
+    Failed {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// Where one direct recipient is.
+#[derive(Debug, PartialEq)]
+enum Place {
+    /// Their sessions, as the store has them now (none: offline).
+    Sessions(Vec<Session>),
+    /// The other servers the view has them on.
+    Viewed(Vec<ServerId>),
 }
 
 impl BatchSessions {
-    /// `user`'s sessions (none: offline), or the look-up's error. A user may receive several
-    /// messages of the batch, so each gets a copy.
-    fn of(&self, user: UserId) -> Result<Vec<Session>> {
+    /// Where `user` is, or the look-up's error. A user may receive several messages of the
+    /// batch, so each gets a copy.
+    fn of(&self, user: UserId) -> Result<Place> {
         match self {
-            BatchSessions::Found(sessions) => Ok(sessions.get(&user).cloned().unwrap_or_default()),
+            BatchSessions::Found { sessions, viewed } => Ok(match viewed.get(&user) {
+                Some(servers) => Place::Viewed(servers.clone()),
+                None => Place::Sessions(sessions.get(&user).cloned().unwrap_or_default()),
+            }),
             BatchSessions::Failed { kind, message } => Err(Error::new(*kind, message.clone())),
+        }
+    }
+}
+
+/// Serves the users other servers said they do not hold, where the store has them now, until
+/// the dispatcher is gone.
+async fn redeliver(targets: std::sync::Weak<Targets>, mut missed: mpsc::Receiver<Missed>) {
+    while let Some(Missed { server, frame }) = missed.recv().await {
+        let Some(targets) = targets.upgrade() else {
+            return;
+        };
+        let Some(message) = frame.message else {
+            continue;
+        };
+        let users: Vec<UserId> = frame.user_ids.into_iter().map(UserId).collect();
+        for user in &users {
+            targets.view.forget(*user, &server);
+        }
+        let fanout = Fanout {
+            targets: &targets,
+            sender: UserId(message.sender_id),
+            message,
+            local_delivery: OnceLock::new(),
+            report_missed: false,
+        };
+        if let Err(missed) = fanout.to_users(&users).await {
+            tracing::debug!(error = %missed.error, "a moved recipient could not be reached live; they sync");
         }
     }
 }
@@ -258,8 +320,20 @@ impl Targets {
             .collect();
         users.sort_unstable();
         users.dedup();
+        let now = tokio::time::Instant::now();
+        let mut viewed = HashMap::new();
+        users.retain(|user| match self.view.get(*user, now) {
+            Some(servers) => {
+                viewed.insert(*user, servers);
+                false
+            }
+            None => true,
+        });
         if users.is_empty() {
-            return BatchSessions::Found(HashMap::new());
+            return BatchSessions::Found {
+                sessions: HashMap::new(),
+                viewed,
+            };
         }
         match self.stores.sessions.get_many(&users).await {
             Ok(found) => {
@@ -267,7 +341,14 @@ impl Targets {
                 for session in found {
                     sessions.entry(session.user_id).or_default().push(session);
                 }
-                BatchSessions::Found(sessions)
+                for (user, found) in &sessions {
+                    let local = self.local.as_ref().map(|local| local.server_id());
+                    if found.iter().all(|s| Some(&s.server_id) != local) {
+                        let servers = found.iter().map(|s| s.server_id.clone()).collect();
+                        self.view.record(*user, servers, now);
+                    }
+                }
+                BatchSessions::Found { sessions, viewed }
             }
             Err(error) => BatchSessions::Failed {
                 kind: error.kind(),
@@ -282,16 +363,23 @@ impl Targets {
         &self,
         message: &StoredMessage,
         sender_name: &str,
-        sessions: Result<Vec<Session>>,
+        place: Result<Place>,
     ) -> std::result::Result<(), Unreached> {
         let fanout = Fanout {
             targets: self,
             message: deliver_frame(message, sender_name),
             sender: message.sender,
             local_delivery: OnceLock::new(),
+            // Wherever the place came from, a server not holding the user says so.
+            report_missed: true,
         };
-        let sessions = sessions.map_err(|error| Unreached { users: None, error })?;
-        fanout.to_sessions(sessions).await
+        match place.map_err(|error| Unreached { users: None, error })? {
+            Place::Sessions(sessions) => fanout.to_sessions(sessions).await,
+            Place::Viewed(servers) => {
+                let user = direct_recipient(message).map_or(Vec::new(), |user| vec![user.0]);
+                fanout.to_servers(servers, &user).await
+            }
+        }
     }
 
     /// Fans `message` out to its recipients, or only to `only` of them (a retry).
@@ -306,6 +394,7 @@ impl Targets {
             message: deliver_frame(message, sender_name),
             sender: message.sender,
             local_delivery: OnceLock::new(),
+            report_missed: false,
         };
         let mut failures = Failures::default();
         match (message.to, only) {
@@ -382,6 +471,8 @@ struct Fanout<'a> {
     sender: UserId,
     /// The encoded frame for local connections, built on first use.
     local_delivery: OnceLock<Arc<Delivery>>,
+    /// Whether relays ask the other server to report the users it does not hold.
+    report_missed: bool,
 }
 
 impl Fanout<'_> {
@@ -430,6 +521,27 @@ impl Fanout<'_> {
                     .push(session.user_id.0),
             }
         }
+        self.relay_each(remote).await
+    }
+
+    /// Relays to `users` on each of `servers` (placed from the view).
+    async fn to_servers(
+        &self,
+        servers: Vec<ServerId>,
+        users: &[u64],
+    ) -> std::result::Result<(), Unreached> {
+        let remote = servers
+            .into_iter()
+            .map(|server| (server, users.to_vec()))
+            .collect();
+        self.relay_each(remote).await
+    }
+
+    /// Relays to each server its users, concurrently; on failure, the users not reached.
+    async fn relay_each(
+        &self,
+        remote: HashMap<ServerId, Vec<u64>>,
+    ) -> std::result::Result<(), Unreached> {
         let relays = remote.into_iter().map(|(server, users)| async move {
             self.relay(server, &users, false)
                 .await
@@ -486,6 +598,7 @@ impl Fanout<'_> {
             message: Some(self.message.clone()),
             user_ids: Vec::new(),
             all_local,
+            report_missed: self.report_missed && !all_local,
         };
         // A packed varint is at most 10 bytes per id; keep room for the field's own prefix.
         let room = pool.max_frame_len().saturating_sub(base.encoded_len() + 32);
@@ -636,6 +749,7 @@ mod tests {
             ),
             local: None,
             retrying: AtomicUsize::new(0),
+            view: SessionView::default(),
         }
     }
 
@@ -695,8 +809,36 @@ mod tests {
             vec![vec![UserId(2), UserId(3)]],
             "one look-up, each recipient once, no group and no note to oneself"
         );
-        assert_eq!(found.of(UserId(2)).expect("found"), vec![bob]);
-        assert_eq!(found.of(UserId(3)).expect("found"), Vec::new(), "offline");
+        assert_eq!(
+            found.of(UserId(2)).expect("found"),
+            Place::Sessions(vec![bob.clone()])
+        );
+        assert_eq!(
+            found.of(UserId(3)).expect("found"),
+            Place::Sessions(Vec::new()),
+            "offline"
+        );
+
+        // The next batch places bob, on another server, from the view; the offline user is
+        // looked up again (offline is never remembered).
+        let again = targets.direct_sessions(&batch).await;
+        assert_eq!(
+            sessions.asked.lock().expect("lock").last(),
+            Some(&vec![UserId(3)]),
+            "only the user not in the view is looked up"
+        );
+        assert_eq!(
+            again.of(UserId(2)).expect("found"),
+            Place::Viewed(vec![bob.server_id.clone()])
+        );
+
+        // Once bob's server says he is not there, he is looked up again.
+        targets.view.forget(UserId(2), &bob.server_id);
+        targets.direct_sessions(&batch).await;
+        assert_eq!(
+            sessions.asked.lock().expect("lock").last(),
+            Some(&vec![UserId(2), UserId(3)])
+        );
     }
 
     #[tokio::test]

@@ -56,6 +56,7 @@ pub mod peer;
 pub mod rate_limit;
 pub mod store;
 pub mod validate;
+pub mod view;
 
 use std::sync::Arc;
 

@@ -113,6 +113,13 @@ impl LocalConnections {
             .is_some_and(|handle| handle.push(delivery))
     }
 
+    /// Whether `user` has a connection here.
+    pub fn is_connected(&self, user: UserId) -> bool {
+        self.read()
+            .get(&user)
+            .is_some_and(|handles| !handles.is_empty())
+    }
+
     /// Queues `delivery` on every connection of `user`; how many took it.
     pub fn deliver_to_user(&self, user: UserId, delivery: &Arc<Delivery>) -> usize {
         self.read().get(&user).map_or(0, |handles| {

@@ -15,6 +15,10 @@
 //!
 //! Which servers exist comes from [`PeerPool::set_servers`], fed from the MetaStore. A link is
 //! dropped, and its task stopped, when its server leaves the list or moves to another address.
+//!
+//! The listener writes back one kind of frame, [`PeerMissed`] (the users of a relay with
+//! `report_missed` that it has no connection for); the link hands it, with the server's id, to
+//! the channel given to [`PeerPool::report_missed_to`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,16 +27,15 @@ use std::time::Duration;
 use cim_core::token::TokenKey;
 use cim_core::{Error, Result, ServerId, ServerInfo, UserId};
 use cim_proto::FrameCodec;
-use cim_proto::v1::{PeerDeliver, PeerFrame, PeerHello, PeerKick, peer_frame};
-use futures::SinkExt;
+use cim_proto::v1::{PeerDeliver, PeerFrame, PeerHello, PeerKick, PeerMissed, peer_frame};
+use futures::{SinkExt, StreamExt};
 use prost::Message;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout};
-use tokio_util::codec::FramedWrite;
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 /// How long a dial may take before the peer counts as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -67,6 +70,17 @@ struct PoolInner {
     send_timeout: Duration,
     queue_len: usize,
     state: Mutex<PoolState>,
+    /// Where links hand the `PeerMissed` frames their listeners answer with.
+    missed: Mutex<Option<mpsc::Sender<Missed>>>,
+}
+
+/// A listener's answer to a relay: `users` of the frame had no connection on `server`.
+#[derive(Debug, Clone)]
+pub struct Missed {
+    /// The server that answered.
+    pub server: ServerId,
+    /// Its answer: the message and the users it had no connection for.
+    pub frame: PeerMissed,
 }
 
 #[derive(Default)]
@@ -117,6 +131,7 @@ impl PeerPool {
                 send_timeout: DEFAULT_SEND_TIMEOUT,
                 queue_len: DEFAULT_QUEUE_LEN,
                 state: Mutex::new(PoolState::default()),
+                missed: Mutex::new(None),
             }),
         }
     }
@@ -130,6 +145,16 @@ impl PeerPool {
             inner.send_timeout = send;
         }
         self
+    }
+
+    /// Has every link opened from now on hand the listeners' [`Missed`] answers to `sink`
+    /// (dropped when it is full: the users then get the message at their next sync).
+    pub fn report_missed_to(&self, sink: mpsc::Sender<Missed>) {
+        *self
+            .inner
+            .missed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(sink);
     }
 
     /// The name this pool introduces itself with.
@@ -251,6 +276,11 @@ impl PoolInner {
             max_frame_len: self.max_frame_len,
             connect_timeout: self.connect_timeout,
             send_timeout: self.send_timeout,
+            missed: self
+                .missed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         };
         let task = tokio::spawn(dialer.run(frames_rx, status_tx)).abort_handle();
         Link {
@@ -272,9 +302,11 @@ struct Dialer {
     max_frame_len: usize,
     connect_timeout: Duration,
     send_timeout: Duration,
+    missed: Option<mpsc::Sender<Missed>>,
 }
 
 type PeerWriter = FramedWrite<OwnedWriteHalf, FrameCodec<PeerFrame>>;
+type PeerReader = FramedRead<OwnedReadHalf, FrameCodec<PeerFrame>>;
 
 impl Dialer {
     async fn run(self, mut frames: mpsc::Receiver<PeerFrame>, status: watch::Sender<LinkStatus>) {
@@ -308,7 +340,7 @@ impl Dialer {
         }
     }
 
-    async fn connect(&self) -> Result<(tokio::net::tcp::OwnedReadHalf, PeerWriter)> {
+    async fn connect(&self) -> Result<(PeerReader, PeerWriter)> {
         let (host, port) = (&self.address.0, self.address.1);
         let stream = timeout(
             self.connect_timeout,
@@ -328,6 +360,7 @@ impl Dialer {
             .set_nodelay(true)
             .map_err(|e| Error::unavailable("cannot configure the socket").with_source(e))?;
         let (reader, writer) = stream.into_split();
+        let reader = FramedRead::new(reader, FrameCodec::<PeerFrame>::new(self.max_frame_len));
         let mut writer = FramedWrite::new(writer, FrameCodec::<PeerFrame>::new(self.max_frame_len));
         let (token, _) = self.key.issue(
             UserId(0),
@@ -352,11 +385,10 @@ impl Dialer {
     /// Writes queued frames until the pool drops the link (`None`) or the connection fails.
     async fn pump(
         &self,
-        mut reader: tokio::net::tcp::OwnedReadHalf,
+        mut reader: PeerReader,
         mut writer: PeerWriter,
         frames: &mut mpsc::Receiver<PeerFrame>,
     ) -> Option<Error> {
-        let mut scratch = [0u8; 64];
         loop {
             tokio::select! {
                 frame = frames.recv() => {
@@ -365,14 +397,32 @@ impl Dialer {
                         return Some(e);
                     }
                 }
-                // The listener never writes: any read result means it closed the connection.
-                read = reader.read(&mut scratch) => {
-                    return Some(match read {
-                        Ok(_) => Error::unavailable("the peer closed the connection"),
-                        Err(e) => Error::unavailable("the connection failed").with_source(e),
-                    });
-                }
+                read = reader.next() => match read {
+                    Some(Ok(PeerFrame { body: Some(peer_frame::Body::Missed(frame)) })) => {
+                        self.on_missed(frame);
+                    }
+                    // Nothing else is written back; an older listener writes nothing.
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        return Some(Error::unavailable("the connection failed").with_source(e));
+                    }
+                    None => return Some(Error::unavailable("the peer closed the connection")),
+                },
             }
+        }
+    }
+
+    /// Hands a listener's `PeerMissed` on, if anyone listens and has room.
+    fn on_missed(&self, frame: PeerMissed) {
+        let Some(sink) = &self.missed else {
+            return;
+        };
+        let missed = Missed {
+            server: self.server.clone(),
+            frame,
+        };
+        if sink.try_send(missed).is_err() {
+            tracing::debug!(server = %self.server, "a missed-users answer was dropped; they sync");
         }
     }
 
@@ -517,6 +567,7 @@ mod tests {
             message: None,
             user_ids: (0..100).collect(),
             all_local: false,
+            report_missed: false,
         };
         let err = pool
             .deliver(&ServerId::new("s2").expect("valid"), frame)

@@ -4,8 +4,10 @@
 //! how a login on one server kicks the user's old connection on another. It trusts no one by
 //! address: the first frame must be a [`PeerHello`](cim_proto::v1::PeerHello) whose token is
 //! signed with the deployment's secret and names a `peer:` dialer, and the connection is closed
-//! otherwise. After that, frames are acted on in order and nothing is ever written back (the
-//! dialer only learns that the link broke).
+//! otherwise. After that, frames are acted on in order. The one frame written back is a
+//! [`PeerMissed`](cim_proto::v1::PeerMissed): the users of a relay that asked for it
+//! (`report_missed`) who have no connection here, so that the dialer, which placed them from a
+//! view that may be stale, delivers the message where they are now.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,20 +15,25 @@ use std::sync::Arc;
 use cim_core::{ConnectionId, UserId};
 use cim_pipeline::Delivery;
 use cim_pipeline::peer::PEER_NAME_PREFIX;
-use cim_proto::v1::{PeerDeliver, PeerFrame, PeerKick, peer_frame};
+use cim_proto::v1::{PeerDeliver, PeerFrame, PeerKick, PeerMissed, peer_frame};
 use cim_proto::{FrameCodec, KickReason};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::server::Shared;
 
 /// Serves one internal connection to its end.
 pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
+    let (reader, writer) = socket.into_split();
     let mut frames = FramedRead::new(
-        socket,
+        reader,
+        FrameCodec::<PeerFrame>::new(shared.config.max_frame_len),
+    );
+    let mut replies = FramedWrite::new(
+        writer,
         FrameCodec::<PeerFrame>::new(shared.config.max_frame_len),
     );
     let hello = tokio::select! {
@@ -65,35 +72,59 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAd
                 return;
             }
             Some(Ok(frame)) => match frame.body {
-                Some(peer_frame::Body::Deliver(deliver)) => relay(&shared, deliver),
+                Some(peer_frame::Body::Deliver(deliver)) => {
+                    let Some(missed) = relay(&shared, deliver) else {
+                        continue;
+                    };
+                    let reply = PeerFrame {
+                        body: Some(peer_frame::Body::Missed(missed)),
+                    };
+                    // A dialer that does not read its link any more is as good as gone.
+                    match timeout(shared.config.login_timeout, replies.send(reply)).await {
+                        Ok(Ok(())) => {}
+                        _ => {
+                            tracing::warn!(%from, "cannot answer on the internal link; closing it");
+                            return;
+                        }
+                    }
+                }
                 Some(peer_frame::Body::Kick(kick)) => self::kick(&shared, &kick),
-                Some(peer_frame::Body::Hello(_)) | None => {}
+                Some(peer_frame::Body::Hello(_) | peer_frame::Body::Missed(_)) | None => {}
             },
         }
     }
 }
 
-/// Hands a relayed message to the local connections it names.
-fn relay(shared: &Shared, deliver: PeerDeliver) {
-    let Some(message) = deliver.message else {
-        return;
-    };
+/// Hands a relayed message to the local connections it names; with `report_missed`, the users
+/// among them that have no connection here (`None` when there are none, or nobody asked).
+fn relay(shared: &Shared, deliver: PeerDeliver) -> Option<PeerMissed> {
+    let message = deliver.message?;
     let delivery = match Delivery::encode(&message, shared.config.max_frame_len) {
         Ok(delivery) => delivery,
         Err(e) => {
             tracing::warn!(message = message.message_id, error = %e, "cannot relay a message");
-            return;
+            return None;
         }
     };
     if deliver.all_local {
         shared
             .local
             .deliver_to_all_except(delivery.sender, &delivery);
-    } else {
-        for user in deliver.user_ids {
-            shared.local.deliver_to_user(UserId(user), &delivery);
-        }
+        return None;
     }
+    let mut missed = Vec::new();
+    for user in deliver.user_ids {
+        // A connection whose queue is full is there all the same: it catches up from the store.
+        if !shared.local.is_connected(UserId(user)) {
+            missed.push(user);
+            continue;
+        }
+        shared.local.deliver_to_user(UserId(user), &delivery);
+    }
+    (deliver.report_missed && !missed.is_empty()).then_some(PeerMissed {
+        message: Some(message),
+        user_ids: missed,
+    })
 }
 
 fn kick(shared: &Shared, kick: &PeerKick) {

@@ -42,6 +42,42 @@ async fn a_message_crosses_to_the_recipients_server() {
 }
 
 #[tokio::test]
+async fn a_recipient_who_moved_to_the_senders_server_gets_the_next_message_at_once() {
+    let cluster = Cluster::memory();
+    let s1 = cluster.start("s1").await;
+    let s2 = cluster.start("s2").await;
+    wait_for_cluster(&[&s1, &s2]).await;
+    let (_, alice_token) = cluster.user("alice").await;
+    let (bob, bob_token) = cluster.user("bob").await;
+    let mut alice_client = TestClient::login(s1.client_addr(), &alice_token).await;
+    let mut bob_there = TestClient::login(s2.client_addr(), &bob_token).await;
+
+    // s1 relays to bob on s2, and remembers that he is there.
+    alice_client.send_text(to_user(bob), "m1", "first").await;
+    alice_client.expect_ack().await;
+    assert_eq!(bob_there.expect_deliver().await.body, "first");
+
+    // bob moves to s1, the sender's own server; s1's view of him is now stale.
+    let mut bob_here = TestClient::login(s1.client_addr(), &bob_token).await;
+    bob_there.expect_kicked(KickReason::Replaced).await;
+
+    // The next message is relayed to s2 from the view; s2 answers that bob is not there, and
+    // s1 delivers it to his new connection, live (no later message or reconnect needed).
+    alice_client.send_text(to_user(bob), "m2", "second").await;
+    alice_client.expect_ack().await;
+    // "first" was never acknowledged, so bob's login on s1 syncs it again before.
+    let mut bodies = vec![bob_here.expect_deliver().await.body];
+    if bodies[0] == "first" {
+        bodies.push(bob_here.expect_deliver().await.body);
+    }
+    assert_eq!(
+        bodies.last().map(String::as_str),
+        Some("second"),
+        "{bodies:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_message_to_all_reaches_users_on_every_server() {
     let cluster = Cluster::memory();
     let s1 = cluster.start("s1").await;
@@ -208,6 +244,7 @@ async fn a_route_relays_deliveries_and_kicks_through_the_internal_port() {
                 message: Some(message),
                 user_ids: vec![alice.0],
                 all_local: false,
+                report_missed: false,
             },
         )
         .await
