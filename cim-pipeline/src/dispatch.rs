@@ -376,8 +376,18 @@ impl Targets {
         match place.map_err(|error| Unreached { users: None, error })? {
             Place::Sessions(sessions) => fanout.to_sessions(sessions).await,
             Place::Viewed(servers) => {
-                let user = direct_recipient(message).map_or(Vec::new(), |user| vec![user.0]);
-                fanout.to_servers(servers, &user).await
+                let Some(user) = direct_recipient(message) else {
+                    return Ok(());
+                };
+                let result = fanout.to_servers(servers.clone(), &[user.0]).await;
+                if result.is_err() {
+                    // A server that cannot be reached is no place to remember: the retry, and
+                    // the next message, look the user up.
+                    for server in &servers {
+                        self.view.forget(user, server);
+                    }
+                }
+                result
             }
         }
     }
