@@ -341,8 +341,8 @@ impl Targets {
                 for session in found {
                     sessions.entry(session.user_id).or_default().push(session);
                 }
+                let local = self.local.as_ref().map(|local| local.server_id());
                 for (user, found) in &sessions {
-                    let local = self.local.as_ref().map(|local| local.server_id());
                     if found.iter().all(|s| Some(&s.server_id) != local) {
                         let servers = found.iter().map(|s| s.server_id.clone()).collect();
                         self.view.record(*user, servers, now);

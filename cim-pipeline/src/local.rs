@@ -113,16 +113,16 @@ impl LocalConnections {
             .is_some_and(|handle| handle.push(delivery))
     }
 
-    /// Whether `user` has a connection here.
-    pub fn is_connected(&self, user: UserId) -> bool {
-        self.read()
-            .get(&user)
-            .is_some_and(|handles| !handles.is_empty())
-    }
-
     /// Queues `delivery` on every connection of `user`; how many took it.
     pub fn deliver_to_user(&self, user: UserId, delivery: &Arc<Delivery>) -> usize {
-        self.read().get(&user).map_or(0, |handles| {
+        self.deliver_if_connected(user, delivery).unwrap_or(0)
+    }
+
+    /// As [`deliver_to_user`](Self::deliver_to_user), and `None` if `user` has no connection
+    /// here (a connection too slow to take it is there all the same: it catches up from the
+    /// store).
+    pub fn deliver_if_connected(&self, user: UserId, delivery: &Arc<Delivery>) -> Option<usize> {
+        self.read().get(&user).map(|handles| {
             handles
                 .iter()
                 .filter(|handle| handle.push(delivery))

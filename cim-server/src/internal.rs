@@ -112,15 +112,16 @@ fn relay(shared: &Shared, deliver: PeerDeliver) -> Option<PeerMissed> {
             .deliver_to_all_except(delivery.sender, &delivery);
         return None;
     }
-    let mut missed = Vec::new();
-    for user in deliver.user_ids {
-        // A connection whose queue is full is there all the same: it catches up from the store.
-        if !shared.local.is_connected(UserId(user)) {
-            missed.push(user);
-            continue;
-        }
-        shared.local.deliver_to_user(UserId(user), &delivery);
-    }
+    let missed: Vec<u64> = deliver
+        .user_ids
+        .into_iter()
+        .filter(|user| {
+            shared
+                .local
+                .deliver_if_connected(UserId(*user), &delivery)
+                .is_none()
+        })
+        .collect();
     (deliver.report_missed && !missed.is_empty()).then_some(PeerMissed {
         message: Some(message),
         user_ids: missed,

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cim_backend_fixtures::{postgres, redis, redis_cluster};
 use cim_client::{Client, ClientBuilder, Events, Outgoing, ReconnectPolicy};
 use common::{
-    cluster_config, cluster_config_with, connect, fixture, free_port, next_body, server_env, start,
+    cluster_config, cluster_config_with, connect, fixture, free_port, log_in, next_body,
+    server_env, start,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -52,23 +53,7 @@ impl TwoServers {
             &postgres.address(),
             route_port,
         );
-        let (one, one_internal, two, two_internal) =
-            (free_port(), free_port(), free_port(), free_port());
-        let node_one = start(
-            "server",
-            &config,
-            &server_env("node-1", one, one_internal),
-            "is running",
-        )
-        .await;
-        let node_two = start(
-            "server",
-            &config,
-            &server_env("node-2", two, two_internal),
-            "is running",
-        )
-        .await;
-        let route = start("route", &config, route_env, "is running").await;
+        let [node_one, node_two, route] = start_two_servers(&config, route_env).await;
         Some(TwoServers {
             _redis: redis,
             _postgres: postgres,
@@ -85,6 +70,32 @@ impl TwoServers {
         self.node_one.start_kill().expect("SIGKILL node-1");
         let _ = self.node_one.wait().await;
     }
+}
+
+/// `node-1`, `node-2` and a route (started with `route_env` as well), every process configured
+/// by the file `config`, each awaited until it runs.
+async fn start_two_servers(
+    config: &std::path::Path,
+    route_env: &[(&str, String)],
+) -> [tokio::process::Child; 3] {
+    let (one, one_internal, two, two_internal) =
+        (free_port(), free_port(), free_port(), free_port());
+    let node_one = start(
+        "server",
+        config,
+        &server_env("node-1", one, one_internal),
+        "is running",
+    )
+    .await;
+    let node_two = start(
+        "server",
+        config,
+        &server_env("node-2", two, two_internal),
+        "is running",
+    )
+    .await;
+    let route = start("route", config, route_env, "is running").await;
+    [node_one, node_two, route]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,18 +151,6 @@ async fn two_servers_and_a_route_on_redis_and_postgres_survive_losing_a_server()
         "node-2",
         "the victim reconnected to the surviving server"
     );
-}
-
-/// Logs `name` in again (the account exists), as a second device or a reconnect would.
-async fn log_in_again(route: &str, name: &str) -> (Client, Events) {
-    let client = ClientBuilder::new(route)
-        .credentials(name, "correct horse")
-        .reconnect(ReconnectPolicy::default())
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("{name} logs in again: {e}"));
-    let events = client.events().expect("the event stream is taken once");
-    (client, events)
 }
 
 /// The message bodies `events` yields until the server kicks the session.
@@ -211,7 +210,7 @@ async fn a_user_moving_between_servers_while_messages_flow_gets_each_one_and_nob
     }
 
     // bob moves while alice keeps sending: his new session replaces the old one.
-    let (moved, mut moved_events) = log_in_again(&route_url, "bob").await;
+    let (moved, mut moved_events) = log_in(&route_url, "bob", false).await;
     assert_ne!(
         moved.info().server_id,
         first_server,
@@ -409,23 +408,7 @@ async fn a_cluster_on_redis_cluster_keeps_chatting_after_losing_the_primary_of_i
         ],
         route_port,
     );
-    let (one, one_internal, two, two_internal) =
-        (free_port(), free_port(), free_port(), free_port());
-    let _node_one = start(
-        "server",
-        &config,
-        &server_env("node-1", one, one_internal),
-        "is running",
-    )
-    .await;
-    let _node_two = start(
-        "server",
-        &config,
-        &server_env("node-2", two, two_internal),
-        "is running",
-    )
-    .await;
-    let _route = start("route", &config, &[], "is running").await;
+    let _processes = start_two_servers(&config, &[]).await;
     let route_url = format!("http://127.0.0.1:{route_port}");
 
     let (alice, mut alice_events) = connect(&route_url, "alice").await;

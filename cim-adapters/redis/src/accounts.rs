@@ -361,7 +361,6 @@ fn checked(parts: &[&str]) -> Script {
 /// are supported.
 pub struct RedisAccountStore {
     redis: Redis,
-    prefix: String,
     scripts: Scripts,
 }
 
@@ -369,7 +368,6 @@ impl std::fmt::Debug for RedisAccountStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisAccountStore")
             .field("redis", &self.redis)
-            .field("prefix", &self.prefix)
             .finish()
     }
 }
@@ -380,7 +378,6 @@ impl RedisAccountStore {
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<RedisAccountStore> {
         let redis = Redis::connect(config, namespace, "acct").await?;
         let store = RedisAccountStore {
-            prefix: redis.prefix().to_string(),
             redis,
             scripts: Scripts {
                 create_user: Script::new(CREATE_USER),
@@ -416,8 +413,8 @@ impl RedisAccountStore {
         const OPERATION: &str = "backfill name skeletons";
         let mut conn = self.redis.conn();
         let (upto, last): (Option<u64>, Option<u64>) = redis::pipe()
-            .get(format!("{}{kind}_skeletons_upto", self.prefix))
-            .get(format!("{}next_{kind}", self.prefix))
+            .get(format!("{}{kind}_skeletons_upto", self.redis.prefix()))
+            .get(format!("{}next_{kind}", self.redis.prefix()))
             .query_async(&mut conn)
             .await
             .map_err(|e| convert(e, OPERATION))?;
@@ -429,7 +426,7 @@ impl RedisAccountStore {
             let ids = first..=last.min(first.saturating_add(BACKFILL_BATCH - 1));
             let mut read = redis::pipe();
             for id in ids.clone() {
-                read.hget(format!("{}{kind}:{id}", self.prefix), "name");
+                read.hget(format!("{}{kind}:{id}", self.redis.prefix()), "name");
             }
             let names: Vec<Option<String>> = read
                 .query_async(&mut conn)
@@ -439,8 +436,7 @@ impl RedisAccountStore {
                 .zip(names)
                 .filter_map(|(id, name)| Some((id, name?)))
                 .collect();
-            let mut claim = self.scripts.backfill_skeletons.key(&self.prefix);
-            claim.arg(&self.prefix);
+            let mut claim = self.redis.script(&self.scripts.backfill_skeletons);
             claim.arg(kind);
             for (id, name) in &named {
                 claim.arg(id).arg(name_skeleton(name));
@@ -458,10 +454,8 @@ impl RedisAccountStore {
             }
             first = first.saturating_add(BACKFILL_BATCH);
         }
-        self.scripts
-            .backfilled
-            .key(&self.prefix)
-            .arg(&self.prefix)
+        self.redis
+            .script(&self.scripts.backfilled)
             .arg(kind)
             .arg(last)
             .invoke_async::<()>(&mut conn)
@@ -471,10 +465,8 @@ impl RedisAccountStore {
 
     async fn user_with_hash(&self, name: &str) -> Result<Option<(User, PasswordHash)>> {
         let reply: Vec<String> = self
-            .scripts
-            .user_by_name
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.user_by_name)
             .arg(canonical_name(name))
             .invoke_async(&mut self.redis.conn())
             .await
@@ -500,8 +492,7 @@ impl RedisAccountStore {
         rest: &[String],
         what: &str,
     ) -> Result<bool> {
-        let mut invocation = script.key(&self.prefix);
-        invocation.arg(&self.prefix);
+        let mut invocation = self.redis.script(script);
         invocation.arg(group.0).arg(user.0);
         for arg in rest {
             invocation.arg(arg);
@@ -653,10 +644,8 @@ impl AccountStore for RedisAccountStore {
     async fn create_user(&self, new: NewUser) -> Result<User> {
         let created_at = Timestamp::now();
         let id: i64 = self
-            .scripts
-            .create_user
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.create_user)
             .arg(new.canonical_name())
             .arg(new.skeleton())
             .arg(new.name())
@@ -681,7 +670,7 @@ impl AccountStore for RedisAccountStore {
 
     async fn user(&self, id: UserId) -> Result<Option<User>> {
         let fields: (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(format!("{}user:{}", self.prefix, id.0))
+            .arg(format!("{}user:{}", self.redis.prefix(), id.0))
             .arg("name")
             .arg("created")
             .query_async(&mut self.redis.conn())
@@ -716,10 +705,8 @@ impl AccountStore for RedisAccountStore {
             _ => format!("[{prefix}"),
         };
         let reply: Vec<String> = self
-            .scripts
-            .search
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.search)
             .arg(&prefix)
             .arg(start)
             .arg(fetch)
@@ -749,10 +736,8 @@ impl AccountStore for RedisAccountStore {
         let created_at = Timestamp::now();
         let settings = new.group_settings();
         let id: i64 = self
-            .scripts
-            .create_group
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.create_group)
             .arg(new.canonical_name())
             .arg(new.skeleton())
             .arg(new.name())
@@ -786,10 +771,8 @@ impl AccountStore for RedisAccountStore {
 
     async fn update_group(&self, id: GroupId, settings: GroupSettings) -> Result<Group> {
         let mut fields: Vec<String> = self
-            .scripts
-            .update_group
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.update_group)
             .arg(id.0)
             .arg(settings.access.as_str())
             .arg(settings.history.as_str())
@@ -805,7 +788,7 @@ impl AccountStore for RedisAccountStore {
 
     async fn group(&self, id: GroupId) -> Result<Option<Group>> {
         let fields: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(format!("{}group:{}", self.prefix, id.0))
+            .arg(format!("{}group:{}", self.redis.prefix(), id.0))
             .arg(&["name", "owner", "created", "access", "history"])
             .query_async(&mut self.redis.conn())
             .await
@@ -820,10 +803,8 @@ impl AccountStore for RedisAccountStore {
 
     async fn group_by_name(&self, name: &str) -> Result<Option<Group>> {
         let reply: Vec<String> = self
-            .scripts
-            .group_by_name
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.group_by_name)
             .arg(canonical_name(name))
             .invoke_async(&mut self.redis.conn())
             .await
@@ -836,10 +817,8 @@ impl AccountStore for RedisAccountStore {
 
     async fn add_member(&self, group: GroupId, user: UserId, since: Seq) -> Result<bool> {
         let outcome: i64 = self
-            .scripts
-            .add_member
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.add_member)
             .arg(group.0)
             .arg(user.0)
             .arg(padded(group.0))
@@ -878,10 +857,8 @@ impl AccountStore for RedisAccountStore {
         let (limit, fetch) = page_size(limit)?;
         let start = user_id_start(cursor, "members")?;
         let reply: redis::Value = self
-            .scripts
-            .members
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.members)
             .arg(group.0)
             .arg(start)
             .arg(fetch)
@@ -909,10 +886,8 @@ impl AccountStore for RedisAccountStore {
 
     async fn membership(&self, group: GroupId, user: UserId) -> Result<Option<Membership>> {
         let reply: Vec<String> = self
-            .scripts
-            .membership
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.membership)
             .arg(group.0)
             .arg(padded(user.0))
             .invoke_async(&mut self.redis.conn())
@@ -975,10 +950,8 @@ impl AccountStore for RedisAccountStore {
         let (limit, fetch) = page_size(limit)?;
         let start = user_id_start(cursor, "bans")?;
         let reply: redis::Value = self
-            .scripts
-            .bans
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.bans)
             .arg(group.0)
             .arg(start)
             .arg(fetch)
@@ -999,10 +972,8 @@ impl AccountStore for RedisAccountStore {
 
     async fn user_groups(&self, user: UserId) -> Result<Vec<Group>> {
         let reply: redis::Value = self
-            .scripts
-            .user_groups
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.user_groups)
             .arg(user.0)
             .invoke_async(&mut self.redis.conn())
             .await
@@ -1021,10 +992,8 @@ impl AccountStore for RedisAccountStore {
             // Over already: nothing to revoke, and a later revocation stays as it is.
             return Ok(());
         }
-        self.scripts
-            .revoke_session
-            .key(&self.prefix)
-            .arg(&self.prefix)
+        self.redis
+            .script(&self.scripts.revoke_session)
             .arg(session_id)
             .arg(until.0)
             .invoke_async::<()>(&mut self.redis.conn())
@@ -1036,7 +1005,7 @@ impl AccountStore for RedisAccountStore {
     async fn is_session_revoked(&self, session_id: &str) -> Result<bool> {
         check_session_id(session_id)?;
         let revoked: bool = redis::cmd("EXISTS")
-            .arg(format!("{}revoked:{session_id}", self.prefix))
+            .arg(format!("{}revoked:{session_id}", self.redis.prefix()))
             .query_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "check session revocation"))?;
@@ -1045,7 +1014,7 @@ impl AccountStore for RedisAccountStore {
 
     async fn is_member(&self, group: GroupId, user: UserId) -> Result<bool> {
         let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(format!("{}members:{}", self.prefix, group.0))
+            .arg(format!("{}members:{}", self.redis.prefix(), group.0))
             .arg(padded(user.0))
             .query_async(&mut self.redis.conn())
             .await

@@ -14,7 +14,7 @@ use cim_core::{Error, Result};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Script, ScriptInvocation, Value};
 
 use crate::RedisConfig;
 
@@ -135,6 +135,15 @@ impl Redis {
     /// `{{namespace}:{store}}:` (one hash tag) on Redis Cluster.
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// An invocation of `script` for this store: its key prefix as `KEYS[1]`, which routes the
+    /// script to the store's slot on Redis Cluster, and as `ARGV[1]`, which every script builds
+    /// its key names from. Add the script's own arguments after it.
+    pub(crate) fn script<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&self.prefix).arg(&self.prefix);
+        invocation
     }
 
     /// The configuration this handle was opened with.

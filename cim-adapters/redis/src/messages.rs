@@ -171,7 +171,6 @@ struct Scripts {
 /// configuration (enable AOF).
 pub struct RedisMessageStore {
     redis: Redis,
-    prefix: String,
     scripts: Scripts,
 }
 
@@ -179,7 +178,6 @@ impl std::fmt::Debug for RedisMessageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisMessageStore")
             .field("redis", &self.redis)
-            .field("prefix", &self.prefix)
             .finish()
     }
 }
@@ -195,10 +193,8 @@ impl RedisMessageStore {
         };
         let json = serde_json::to_string(message)
             .map_err(|e| Error::invalid_input("the message cannot be encoded").with_source(e))?;
-        let mut invocation = self.scripts.append.prepare_invoke();
+        let mut invocation = self.redis.script(&self.scripts.append);
         invocation
-            .key(&self.prefix)
-            .arg(&self.prefix)
             .arg(message.sender.0)
             .arg(&message.client_msg_id)
             .arg(conversation.to_string())
@@ -212,7 +208,6 @@ impl RedisMessageStore {
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<RedisMessageStore> {
         let redis = Redis::connect(config, namespace, "msg").await?;
         Ok(RedisMessageStore {
-            prefix: redis.prefix().to_string(),
             redis,
             scripts: Scripts {
                 append: Script::new(APPEND),
@@ -225,7 +220,7 @@ impl RedisMessageStore {
     }
 
     fn key(&self, kind: &str, name: impl std::fmt::Display) -> String {
-        format!("{}{kind}:{name}", self.prefix)
+        format!("{}{kind}:{name}", self.redis.prefix())
     }
 
     /// Log entries of `conversation` read by `command` (`ZRANGEBYSCORE` or `ZREVRANGEBYSCORE`).
@@ -543,10 +538,8 @@ impl MessageStore for RedisMessageStore {
 
     async fn ack(&self, user: UserId, conversation: ConversationId, up_to: Seq) -> Result<()> {
         let last: i64 = self
-            .scripts
-            .ack
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.ack)
             .arg(user.0)
             .arg(conversation.to_string())
             .arg(up_to.0)
@@ -591,10 +584,8 @@ impl MessageStore for RedisMessageStore {
         let json = serde_json::to_string(&message)
             .map_err(|e| Error::invalid_input("the message cannot be encoded").with_source(e))?;
         let (duplicate, entry): (i64, String) = self
-            .scripts
-            .schedule
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.schedule)
             .arg(message.sender.0)
             .arg(&message.client_msg_id)
             .arg(json)
@@ -616,10 +607,8 @@ impl MessageStore for RedisMessageStore {
     ) -> Result<Vec<ScheduledMessage>> {
         let limit = page_size(limit)?;
         let claimed: Vec<String> = self
-            .scripts
-            .claim
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.claim)
             .arg(now.0)
             .arg(now.plus(claim_for).0)
             .arg(limit)
@@ -631,10 +620,8 @@ impl MessageStore for RedisMessageStore {
 
     async fn finish_scheduled(&self, id: ScheduledId) -> Result<()> {
         let finished: i64 = self
-            .scripts
-            .finish
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.finish)
             .arg(id.0)
             .arg(millis(DEDUP_WINDOW))
             .invoke_async(&mut self.redis.conn())

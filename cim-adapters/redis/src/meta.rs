@@ -187,14 +187,13 @@ impl Scripts {
 /// What the store, its leases and its watch tasks share.
 struct Inner {
     redis: Redis,
-    prefix: String,
     ttl: Duration,
     scripts: Scripts,
 }
 
 impl Inner {
     fn channel(&self) -> String {
-        format!("{}events", self.prefix)
+        format!("{}events", self.redis.prefix())
     }
 
     /// Runs a change script with ARGV `p, id, token, info, ttl`.
@@ -206,9 +205,8 @@ impl Inner {
         info: &str,
         operation: &'static str,
     ) -> Result<i64> {
-        script
-            .key(&self.prefix)
-            .arg(&self.prefix)
+        self.redis
+            .script(script)
             .arg(id.as_str())
             .arg(token)
             .arg(info)
@@ -221,10 +219,8 @@ impl Inner {
     /// The live servers ordered by id, and the version of the last change they include.
     async fn snapshot(&self) -> Result<(u64, Vec<ServerInfo>)> {
         let reply: Vec<String> = self
-            .scripts
-            .snapshot
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.snapshot)
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "list servers"))?;
@@ -246,10 +242,8 @@ impl Inner {
 
     async fn sweep(&self) -> Result<()> {
         let _: i64 = self
-            .scripts
-            .sweep
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.sweep)
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "sweep expired servers"))?;
@@ -287,7 +281,6 @@ impl std::fmt::Debug for RedisMetaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisMetaStore")
             .field("redis", &self.inner.redis)
-            .field("prefix", &self.inner.prefix)
             .field("ttl", &self.inner.ttl)
             .finish()
     }
@@ -315,7 +308,6 @@ impl RedisMetaStore {
         }
         let redis = Redis::connect(config, namespace, "meta").await?;
         let inner = Arc::new(Inner {
-            prefix: redis.prefix().to_string(),
             redis,
             ttl,
             scripts: Scripts::new(),
@@ -652,10 +644,8 @@ impl Lease for RedisLease {
         self.keeper.abort();
         let _: i64 = self
             .inner
-            .scripts
-            .deregister
-            .key(&self.inner.prefix)
-            .arg(&self.inner.prefix)
+            .redis
+            .script(&self.inner.scripts.deregister)
             .arg(self.id.as_str())
             .arg(&self.token)
             .invoke_async(&mut self.inner.redis.conn())

@@ -226,7 +226,6 @@ impl Scripts {
 /// [`refresh_server`]: SessionStore::refresh_server
 pub struct RedisSessionStore {
     redis: Redis,
-    prefix: String,
     ttl: Duration,
     scripts: Scripts,
 }
@@ -235,7 +234,6 @@ impl std::fmt::Debug for RedisSessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSessionStore")
             .field("redis", &self.redis)
-            .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
             .finish()
     }
@@ -256,7 +254,6 @@ impl RedisSessionStore {
         }
         let redis = Redis::connect(config, namespace, "sess").await?;
         Ok(RedisSessionStore {
-            prefix: redis.prefix().to_string(),
             redis,
             ttl,
             scripts: Scripts::new(),
@@ -282,10 +279,8 @@ impl SessionStore for RedisSessionStore {
             BindPolicy::Replace => "replace",
         };
         let reply: Vec<String> = self
-            .scripts
-            .bind
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.bind)
             .arg(millis(self.ttl))
             .arg(padded(session.user_id.0))
             .arg(session.server_id.as_str())
@@ -320,8 +315,7 @@ impl SessionStore for RedisSessionStore {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = self.scripts.get_many.key(&self.prefix);
-        invocation.arg(&self.prefix);
+        let mut invocation = self.redis.script(&self.scripts.get_many);
         for user in users {
             invocation.arg(padded(user.0));
         }
@@ -337,10 +331,8 @@ impl SessionStore for RedisSessionStore {
 
     async fn unbind(&self, session: &SessionRef) -> Result<bool> {
         let removed: i64 = self
-            .scripts
-            .unbind
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.unbind)
             .arg(padded(session.user_id.0))
             .arg(session.server_id.as_str())
             .arg(session.connection_id.0.to_string())
@@ -352,10 +344,8 @@ impl SessionStore for RedisSessionStore {
 
     async fn refresh_server(&self, server: &ServerId) -> Result<()> {
         let _: i64 = self
-            .scripts
-            .refresh
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.refresh)
             .arg(server.as_str())
             .arg(millis(self.ttl))
             .invoke_async(&mut self.redis.conn())
@@ -365,10 +355,8 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn remove_server(&self, server: &ServerId) -> Result<u64> {
-        self.scripts
-            .remove_server
-            .key(&self.prefix)
-            .arg(&self.prefix)
+        self.redis
+            .script(&self.scripts.remove_server)
             .arg(server.as_str())
             .invoke_async(&mut self.redis.conn())
             .await
@@ -387,10 +375,8 @@ impl SessionStore for RedisSessionStore {
         };
         // One more than asked, to know whether a next page exists.
         let found: Vec<String> = self
-            .scripts
-            .list
-            .key(&self.prefix)
-            .arg(&self.prefix)
+            .redis
+            .script(&self.scripts.list)
             .arg(start)
             .arg(u64::from(limit) + 1)
             .invoke_async(&mut self.redis.conn())
@@ -411,10 +397,8 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn count_online(&self) -> Result<u64> {
-        self.scripts
-            .count
-            .key(&self.prefix)
-            .arg(&self.prefix)
+        self.redis
+            .script(&self.scripts.count)
             .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| convert(e, "count online"))

@@ -278,14 +278,22 @@ pub fn server_env(id: &str, port: u16, internal: u16) -> Vec<(&'static str, Stri
     ]
 }
 
+/// A new user `name` (password "correct horse"), registered and logged in, reconnecting by
+/// itself.
 pub async fn connect(route: &str, name: &str) -> (Client, Events) {
+    log_in(route, name, true).await
+}
+
+/// `name` logged in (registered first if `register`), reconnecting by itself; an existing
+/// account logging in again is a second device or a move to another server.
+pub async fn log_in(route: &str, name: &str, register: bool) -> (Client, Events) {
     let client = ClientBuilder::new(route)
         .credentials(name, "correct horse")
-        .register(true)
+        .register(register)
         .reconnect(ReconnectPolicy::default())
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+        .unwrap_or_else(|e| panic!("{name} logs in: {e}"));
     let events = client.events().expect("the event stream is taken once");
     (client, events)
 }
